@@ -1,0 +1,93 @@
+"""Name -> plain backbone. Sources are tried in the order of ``SOURCES``; a prefix picks one."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from se_inject.errors import SEInjectError, did_you_mean
+
+__all__ = ["create_backbone", "list_backbones", "BackboneError", "register_backbone"]
+
+
+class BackboneError(SEInjectError, ValueError):
+    """An unknown backbone name or bad backbone arguments."""
+
+
+#: se-inject's own nets (CIFAR-style ResNets, ...): name -> factory(**kwargs) -> nn.Module.
+_OWN: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: add ``fn`` to the registry under its function name."""
+    _OWN[fn.__name__] = fn
+    return fn
+
+
+def _timm_names() -> list[str]:
+    import timm
+    return timm.list_models()
+
+
+def _tv_names() -> list[str]:
+    import torchvision
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _create_own(name: str, **kwargs: Any) -> nn.Module:
+    return _OWN[name](**kwargs)
+
+
+def _create_timm(name: str, **kwargs: Any) -> nn.Module:
+    import timm
+    kwargs.setdefault("pretrained", False)
+    return timm.create_model(name, **kwargs)
+
+
+def _create_tv(name: str, num_classes: int | None = None, pretrained: bool = False, in_chans: int | None = None,
+               **kwargs: Any) -> nn.Module:
+    import torchvision
+    if pretrained:
+        raise BackboneError(f"tv:{name}: pretrained torchvision weights need a download; pass pretrained=False")
+    if in_chans not in (None, 3):
+        raise BackboneError(f"tv:{name}: torchvision models take 3 input channels; use a timm or own backbone")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+#: prefix -> (list names, create). Unprefixed names try own, then timm, then torchvision.
+SOURCES: dict[str, tuple[Callable[[], list[str]], Callable[..., nn.Module]]] = {
+    "own": (lambda: sorted(_OWN), _create_own),
+    "timm": (_timm_names, _create_timm),
+    "tv": (_tv_names, _create_tv),
+}
+
+
+def list_backbones(source: str | None = None) -> list[str]:
+    """Every name ``create_backbone`` accepts (prefixed ``tv:`` for torchvision)."""
+    names: list[str] = []
+    for prefix, (list_names, _) in SOURCES.items():
+        if source in (None, prefix):
+            names += [n if prefix != "tv" else f"tv:{n}" for n in list_names()]
+    return names
+
+
+def create_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """A plain (SE-free) backbone, never with downloaded weights unless ``pretrained=True`` is asked.
+
+    ``name`` is ``resnet50`` (own registry, then timm, then torchvision) or ``timm:resnet50`` /
+    ``tv:resnet50`` / ``own:cifar_resnet20`` to pick the source.
+    """
+    prefix, _, bare = name.rpartition(":")
+    sources = [prefix] if prefix else list(SOURCES)
+    if prefix and prefix not in SOURCES:
+        raise BackboneError(f"backbone {name!r}: unknown source {prefix!r}; use one of {', '.join(SOURCES)}")
+    for src in sources:
+        list_names, create = SOURCES[src]
+        if bare in list_names():
+            return create(bare, **kwargs)
+    pool = [n for src in sources for n in SOURCES[src][0]()]
+    raise BackboneError(f"unknown backbone {name!r}{did_you_mean(bare, pool)}; "
+                        "see `se-inject backbones` or backbones.list_backbones()")

@@ -1,0 +1,34 @@
+"""se-inject's exception types: catch :class:`SEInjectError` to catch all of ours, nothing else.
+
+Every message is one line that names the file, key or module at fault and says what to change::
+
+    PolicyError: policy.yaml: key 'rr' is not a policy key (did you mean 'r'?)
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "did_you_mean"]
+
+
+class SEInjectError(Exception):
+    """Base class of every error se-inject raises on bad input."""
+
+
+class PolicyError(SEInjectError, ValueError):
+    """A placement policy (Python object, YAML file or keyword override) is invalid."""
+
+
+class TraceError(SEInjectError, RuntimeError):
+    """A model cannot be traced or shape-propagated, even module by module."""
+
+
+class ExportError(SEInjectError, RuntimeError):
+    """An ONNX export failed, or the exported graph disagrees with PyTorch."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'r'?)`` for the closest of ``choices``, or ``''`` when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
