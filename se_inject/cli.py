@@ -5,7 +5,8 @@
     $ se-inject export resnet50 -o se_resnet50.onnx
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``;
-it is imported only when its command runs, so ``se-inject plan`` never imports the trainer.
+command modules import heavy dependencies (torch, timm, the trainer) inside ``run`` so that building
+the parser stays fast.
 """
 from __future__ import annotations
 
