@@ -24,9 +24,9 @@ gate is at its steepest point, not saturated). The gate's range is ``(0, 2)``, s
 amplify a channel as well as suppress it.
 
 When the block sits at the end of a residual branch it can also perform the residual add:
-``se(x, shortcut)`` returns ``shortcut + x * gate`` in one ``torch.addcmul`` (same numbers as
-``x * gate + shortcut``: the sum of two floats does not depend on their order), which saves one
-pass over the feature map.
+``se(x, shortcut)`` returns ``shortcut + x * gate`` in one ``torch.addcmul``, which saves one
+pass over the feature map. It equals ``x * gate + shortcut`` up to the rounding of a fused
+multiply-add (about one ulp), and exactly when the gate is 1 (``init="identity"``).
 """
 from __future__ import annotations
 
