@@ -103,6 +103,15 @@ def _reason(error: BaseException) -> str:
     return line
 
 
+def _data_dependent(error: BaseException) -> bool:
+    """Whether torch.export failed on control flow that depends on tensor values."""
+    while error is not None:
+        if "DataDependent" in type(error).__name__:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence exporter chatter: warnings, torch's WARNING logs, and the partial graph torch.export
@@ -231,15 +240,8 @@ def _export_torchscript(model, x, tmp_file: Path, names, dynamic_batch: bool, op
         raise RuntimeError(f"weights are {weights / 2**30:.1f} GB: the TorchScript exporter cannot write "
                            "them to one file")
     axes = {n: {0: "batch"} for n in (*names[0], *names[1])} if dynamic_batch else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", torch.jit.TracerWarning)
-        torch.onnx.export(model, (x,), str(tmp_file), dynamo=False, input_names=names[0], output_names=names[1],
-                          opset_version=opset, dynamic_axes=axes)
-    branches = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning) and "boolean" in str(w.message)]
-    if branches:
-        w = branches[0]
-        raise RuntimeError(f"forward branches on a tensor value (at {os.path.basename(w.filename)}:{w.lineno}); "
-                           "the trace keeps one branch only")
+    torch.onnx.export(model, (x,), str(tmp_file), dynamo=False, input_names=names[0], output_names=names[1],
+                      opset_version=opset, dynamic_axes=axes)
     model_ir = ir.load(tmp_file)
     name_scoped_nodes(model_ir.graph, dict(model.named_modules()))
     model_ir.metadata_props[SE_BLOCKS_KEY] = json.dumps(se_paths)
@@ -358,16 +360,25 @@ def export_onnx(
         try:
             tmp_file = tmp_dir / path.name
             reasons: dict[str, str] = {}
-            for exporter, export in EXPORTERS.items():
+            exporter = None
+            for name, export in EXPORTERS.items():
+                if name in reasons:
+                    continue
                 try:
                     with _quiet():
                         data, trace = export(model, x[:1], tmp_file, names, dynamic_batch, opset, se_paths)
+                    exporter = name
                     break
                 except Exception as e:  # noqa: BLE001 - next exporter, reason kept
-                    reasons[exporter] = _reason(e)
+                    reasons[name] = _reason(e)
                     for f in tmp_dir.iterdir():
                         f.unlink()
-            else:
+                    if _data_dependent(e):
+                        # torch.export proved forward branches on tensor values: a TorchScript trace
+                        # would keep the branch this input takes and pass the check, wrong for others.
+                        reasons.setdefault("torchscript", "not tried: a trace keeps one branch of that "
+                                                          "data-dependent control flow")
+            if exporter is None:
                 tried = "; ".join(f"{k} exporter: {v}" for k, v in reasons.items())
                 raise ExportError(f"cannot export {type(model).__name__} to ONNX ({tried}); make forward traceable "
                                   "(tensors in and out, no Python branches on tensor values)")
