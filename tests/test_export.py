@@ -121,7 +121,8 @@ def test_batch1_export_runs_at_batch_7(tmp_path):
     assert dim.shape.dim[0].dim_param == "batch"
     x = torch.randn(7, 3, 224, 224, generator=torch.Generator().manual_seed(7))
     assert ort_vs_torch(tmp_path / "se_resnet50.onnx", model, x) <= 1e-4
-    assert len(report.se_blocks) == 16
+    blocks = se_nodes(tmp_path / "se_resnet50.onnx")
+    assert blocks and report.se_blocks == tuple(blocks) and all(is_se(ops) for ops in blocks.values())
 
 
 def test_se_blocks_findable_by_module_path(tmp_path):
@@ -148,6 +149,19 @@ def test_se_in_a_timm_model_findable(tmp_path):
     assert report.max_rel_diff <= 1e-4
     blocks = se_nodes(tmp_path / "r18.onnx")
     assert list(blocks) == ["layer1.0.se"] and is_se(blocks["layer1.0.se"])
+
+
+def test_se_in_an_fx_graph_module_findable(tmp_path):
+    """What the engine hands over: a GraphModule in which SqueezeExcite is a called (leaf) module."""
+    class SELeaf(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+            return isinstance(m, SqueezeExcite) or super().is_leaf_module(m, name)
+
+    model = TinySENet(64, 4)
+    graph_module = torch.fx.GraphModule(model, SELeaf().trace(model))
+    report = export_onnx(graph_module, tmp_path / "gm.onnx", (3, 8, 8))
+    assert report.se_blocks == ("layer1.0.se", "layer1.1.se")
+    assert all(is_se(ops) for ops in se_nodes(tmp_path / "gm.onnx").values())
 
 
 def test_falls_back_to_torchscript_and_says_why(tmp_path, monkeypatch):
