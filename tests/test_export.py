@@ -108,13 +108,7 @@ def test_dynamo_export_matches_pytorch(tmp_path):
 
 def test_batch1_export_runs_at_batch_7(tmp_path):
     """The issue's Must-show: export of SE-ResNet-50 at batch 1 runs in onnxruntime at batch 7."""
-    model = timm.create_model("resnet50", pretrained=False)
-    if hasattr(se_inject, "apply"):
-        model = se_inject.apply(model, r=16)
-    else:  # engine not merged yet: SE after every bottleneck, by hand
-        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
-            for i, block in enumerate(stage):
-                stage[i] = SEAfter(block, block.conv3.out_channels)
+    model = se_inject.apply(timm.create_model("resnet50", pretrained=False), r=16)
     report = export_onnx(model, tmp_path / "se_resnet50.onnx", (3, 224, 224), check=False)
     assert report.trace.endswith("at batch 1")
     dim = onnx.load(str(tmp_path / "se_resnet50.onnx"), load_external_data=False).graph.input[0].type.tensor_type
@@ -266,11 +260,13 @@ def cli_export_only(monkeypatch):
     return cli.main
 
 
-def test_cli_exports_a_plain_backbone(tmp_path, capsys, cli_export_only):
-    argv = ["export", "resnet18", "--policy", "none", "--input-size", "3", "64", "64", "-o", str(tmp_path / "r18.onnx")]
+@pytest.mark.parametrize("policy, shows", [(["--policy", "none"], "SE blocks: none"),
+                                           (["--r", "16"], "layer1.0.se: ReduceMean -> Gemm -> Relu -> Gemm")])
+def test_cli_exports_a_backbone(tmp_path, capsys, cli_export_only, policy, shows):
+    argv = ["export", "resnet18", *policy, "--input-size", "3", "64", "64", "-o", str(tmp_path / "r18.onnx")]
     assert cli_export_only(argv) == 0
     out = capsys.readouterr().out
-    assert "dynamo exporter" in out and "max rel diff" in out and "SE blocks: none" in out
+    assert "dynamo exporter" in out and "max rel diff" in out and shows in out
     assert os.listdir(tmp_path) == ["r18.onnx"]
 
 

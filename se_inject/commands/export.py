@@ -24,25 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-check", action="store_true", help="skip onnx.checker and the onnxruntime comparison")
 
 
-def _with_se(model, policy: str | None, r: float | None):
-    try:
-        from se_inject import apply
-    except ImportError:
-        from se_inject.errors import SEInjectError
-
-        raise SEInjectError("this se-inject has no se_inject.apply yet; pass --policy none to export the plain "
-                            "backbone") from None
-    overrides = {} if r is None else {"r": r}
-    return apply(model, policy, **overrides)
-
-
 def run(args: argparse.Namespace) -> int:
     from backbones import create_backbone
+    from se_inject import apply
     from se_inject.export import export_onnx, se_nodes
 
     model = create_backbone(args.model)
     if args.policy != "none":
-        model = _with_se(model, args.policy, args.r)
+        model = apply(model, args.policy, **({} if args.r is None else {"r": args.r}))
     report = export_onnx(model, args.output, tuple(args.input_size) if args.input_size else None,
                          dynamic_batch=not args.static_batch, opset=args.opset, check=not args.no_check)
     print(report)
