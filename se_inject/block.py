@@ -135,9 +135,10 @@ class SqueezeExcite(nn.Module):
         g = self.gate(F.linear(h, w2.reshape(w2.shape[0], -1), self.fc2.bias))
         if self.gate_scale != 1.0:
             g = g * self.gate_scale
+        # indexing with None exports as Unsqueeze in both ONNX exporters (a reshape does not)
         if self.layout == "nchw":
-            return g.reshape(g.shape + (1,) * (x.dim() - 2))
-        return g.reshape(g.shape[:1] + (1,) * (x.dim() - 2) + g.shape[1:])
+            return g[(...,) + (None,) * (x.dim() - 2)]
+        return g[(slice(None),) + (None,) * (x.dim() - 2)]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``x * gate`` (Eq. 4), or ``residual + x * gate`` when the block ends a residual branch."""
