@@ -105,6 +105,9 @@ class SqueezeExcite(nn.Module):
         self.gate = GATES[gate]()
         # 2 * sigmoid(0) == 1 exactly: the identity formulation (module docstring).
         self.gate_scale = 2.0 if init == "identity" else 1.0
+        # Set by the rewrite when `x` is a fresh tensor read by nothing else: without autograd the
+        # fused add may then write into it instead of allocating a new feature map.
+        self.reuse_input = False
         if init == "identity":
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
@@ -145,4 +148,7 @@ class SqueezeExcite(nn.Module):
         g = self.excitation(x)
         if residual is None:
             return x * g
+        if self.reuse_input and not torch.is_grad_enabled() and not torch.compiler.is_compiling() \
+                and not torch.jit.is_tracing() and x.shape == residual.shape:
+            return torch.addcmul(residual, x, g, out=x)
         return torch.addcmul(residual, x, g)
