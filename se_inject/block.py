@@ -108,12 +108,15 @@ class SqueezeExcite(nn.Module):
         # Set by the rewrite when `x` is a fresh tensor read by nothing else: without autograd the
         # fused add may then write into it instead of allocating a new feature map.
         self.reuse_input = False
+        #: the paper's name for this block (SE_<stage>_<block>, §6.3), set by se_inject.apply
+        self.label: str | None = None
         if init == "identity":
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, reduced={self.reduced}, layout={self.layout}, "
+        label = f"label={self.label}, " if self.label else ""
+        return (f"{label}channels={self.channels}, reduced={self.reduced}, layout={self.layout}, "
                 f"squeeze={self.squeeze}, gate={self.gate_name}, init={self.init}")
 
     def _spatial_dims(self, x: torch.Tensor) -> tuple[int, ...]:

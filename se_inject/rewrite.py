@@ -58,6 +58,7 @@ def _make_block(p: Placement, plan: Plan, like: torch.Tensor | None) -> SqueezeE
                        layout=p.site.layout, init=policy.init)
     if like is not None:
         se = se.to(device=like.device, dtype=like.dtype)
+    se.label = p.label
     return se
 
 
