@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 SMALL_SIDE = 96          # forward/export input side when the model accepts it
 MAX_EXPORT_PARAMS = 400e6  # bigger models are not exported in the sweep (time and memory on 2 cores)
+STRUCTURE = {"residual", "multibranch", "inception"}  # site kinds that make a net "residual or Inception"
 
 
 class Timeout(Exception):
@@ -134,6 +135,8 @@ def full_one(name: str, export: bool) -> dict[str, Any]:
         out["traceback"] = traceback.format_exc()[-1500:]
         return out
     out["se_applied"] = sum(isinstance(m, se_inject.SqueezeExcite) for m in se_model.modules())
+    if not out["se_applied"]:
+        return out  # nothing was rewritten: the model is the original
     size = None
     for candidate in _sizes(model):
         try:
@@ -240,8 +243,6 @@ def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: b
 def _pct(a: int, b: int) -> str:
     return f"{a}/{b} ({100 * a / b:.1f}%)" if b else f"{a}/0"
 
-
-STRUCTURE = {"residual", "multibranch", "inception"}
 
 
 def report(results: Path, out: Path, plan_results: Path | None, argv: list[str]) -> str:
