@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "plan": "se_inject.commands.plan",
     "apply": "se_inject.commands.apply",
     "export": "se_inject.commands.export",
+    "policy": "se_inject.commands.policy",
     "backbones": "se_inject.commands.backbones",
 }
 

@@ -289,6 +289,3 @@ def policy_reference() -> str:
     rows.append("| `base` | — | a preset name or YAML path | Start from that policy and override the keys given here. |")
     return "\n".join(rows)
 
-
-if __name__ == "__main__":
-    print(policy_reference())

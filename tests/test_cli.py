@@ -49,3 +49,12 @@ def test_apply_to_missing_directory_fails_before_work(tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "se_inject.cli", "--help"], capture_output=True, text=True, check=True)
     assert "plan" in out.stdout and "apply" in out.stdout
+
+
+def test_policy_command(capsys):
+    assert main(["policy"]) == 0
+    assert "paper-no-last-stage" in capsys.readouterr().out
+    assert main(["policy", "paper-no-last-stage"]) == 0
+    assert "skip_last_stage: true" in capsys.readouterr().out
+    assert main(["policy", "--reference"]) == 0
+    assert "| `r` | `16` |" in capsys.readouterr().out
