@@ -20,6 +20,7 @@ from .errors import SEInjectError
 COMMANDS: dict[str, str] = {
     "plan": "se_inject.commands.plan",
     "apply": "se_inject.commands.apply",
+    "train": "trainers.commands.train",
 }
 
 

@@ -8,10 +8,10 @@
 
 Nothing here downloads: Fashion-MNIST is read from its idx files, ImageFolder from disk.
 """
-from .build import Data, build_data
+from .build import Data, RawData, build_data, load_datasets, make_loaders, resolve_input
 from .fashion_mnist import FashionMNIST, read_idx
 from .samplers import EvalSampler, ResumableSampler, class_balanced_order, random_order
 from .synthetic import SyntheticImages
 
-__all__ = ["Data", "build_data", "FashionMNIST", "read_idx", "SyntheticImages", "ResumableSampler", "EvalSampler",
+__all__ = ["Data", "RawData", "build_data", "load_datasets", "make_loaders", "resolve_input", "FashionMNIST", "read_idx", "SyntheticImages", "ResumableSampler", "EvalSampler",
            "random_order", "class_balanced_order"]

@@ -19,7 +19,20 @@ from .samplers import EvalSampler, ResumableSampler, class_balanced_order, rando
 from .synthetic import SyntheticImages
 from .transforms import PadCropFlip, SeededDataset, TensorResizedCropFlip
 
-__all__ = ["Data", "build_data"]
+__all__ = ["Data", "RawData", "load_datasets", "make_loaders", "build_data"]
+
+
+@dataclass
+class RawData:
+    """The untransformed datasets and what the model needs to know before it is built."""
+    train: Any
+    val: Any
+    num_classes: int
+    native_size: tuple[int, int, int] | None  # None: images differ in size (imagefolder)
+
+    @property
+    def in_chans(self) -> int | None:
+        return None if self.native_size is None else self.native_size[0]
 
 
 @dataclass
@@ -41,16 +54,17 @@ class Data:
         return self.train_sampler.batches_per_epoch
 
 
-def _raw_datasets(cfg: TrainConfig) -> tuple[Any, Any, int, tuple[int, int, int] | None]:
-    """(train, val, num_classes, native image size or None when images differ in size)."""
+def load_datasets(cfg: TrainConfig) -> RawData:
+    """The training and validation sets of ``cfg.data`` (read from disk or generated; never downloaded)."""
     d = cfg.data
     if d.dataset == "fashion-mnist":
         root = d.root or fashion_mnist.DEFAULT_ROOT
-        return fashion_mnist.FashionMNIST(root, True), fashion_mnist.FashionMNIST(root, False), 10, (1, 28, 28)
+        return RawData(fashion_mnist.FashionMNIST(root, True), fashion_mnist.FashionMNIST(root, False), 10, (1, 28, 28))
     if d.dataset == "synthetic":
         s = d.synthetic
-        return (SyntheticImages(s.train_samples, s.num_classes, s.size, seed=cfg.run.seed),
-                SyntheticImages(s.val_samples, s.num_classes, s.size, seed=cfg.run.seed + 1), s.num_classes, s.size)
+        return RawData(SyntheticImages(s.train_samples, s.num_classes, s.size, seed=cfg.run.seed),
+                       SyntheticImages(s.val_samples, s.num_classes, s.size, seed=cfg.run.seed + 1), s.num_classes,
+                       tuple(s.size))
     from timm.data import create_dataset
     datasets = []
     for split in (d.train_split, d.val_split):
@@ -62,7 +76,7 @@ def _raw_datasets(cfg: TrainConfig) -> tuple[Any, Any, int, tuple[int, int, int]
         if len(ds) == 0:
             raise DataError(f"imagefolder: {d.root}/{split} holds no images; expected {d.root}/{split}/<class>/<image>")
         datasets.append(ds)
-    return datasets[0], datasets[1], len(datasets[0].reader.class_to_idx), None
+    return RawData(datasets[0], datasets[1], len(datasets[0].reader.class_to_idx), None)
 
 
 def _targets(ds: Any) -> torch.Tensor:
@@ -115,20 +129,33 @@ def _transforms(cfg: TrainConfig, native: tuple[int, int, int] | None, rc: dict[
     return train, val
 
 
+def resolve_input(cfg: TrainConfig, raw: RawData, model: nn.Module | None = None) -> dict[str, Any]:
+    """Input size, mean, std, crop_pct and interpolation: the config's, else the data set's, else the model's."""
+    rc = _resolve(cfg, raw.native_size, model)
+    if len(rc["mean"]) != rc["input_size"][0] or len(rc["std"]) != rc["input_size"][0]:
+        raise ConfigError(f"data.mean / data.std have {len(rc['mean'])} / {len(rc['std'])} values for "
+                          f"{rc['input_size'][0]}-channel input; give one per channel")
+    return rc
+
+
 def build_data(cfg: TrainConfig, rank: int, world_size: int, device: torch.device | None = None,
                model: nn.Module | None = None) -> Data:
-    """Datasets, transforms, samplers and loaders of this rank; nothing is downloaded.
+    """Datasets, transforms, samplers and loaders of this rank; nothing is downloaded."""
+    return make_loaders(cfg, load_datasets(cfg), rank, world_size, device, model)
+
+
+def make_loaders(cfg: TrainConfig, raw: RawData, rank: int, world_size: int, device: torch.device | None = None,
+                 model: nn.Module | None = None) -> Data:
+    """Transforms, samplers and loaders of this rank over ``raw``.
 
     ``model`` only informs ImageFolder defaults (input size, mean, crop) through timm's
-    ``resolve_data_config``; pass it when the model is built first.
+    ``resolve_data_config``.
     """
     from timm.data.loader import PrefetchLoader, fast_collate
 
     device = device or torch.device("cpu")
-    train_raw, val_raw, num_classes, native = _raw_datasets(cfg)
-    rc = _resolve(cfg, native, model)
-    if len(rc["mean"]) != rc["input_size"][0]:
-        raise ConfigError(f"data.mean has {len(rc['mean'])} values for {rc['input_size'][0]}-channel images")
+    train_raw, val_raw, num_classes, native = raw.train, raw.val, raw.num_classes, raw.native_size
+    rc = resolve_input(cfg, raw, model)
     train_tf, val_tf = _transforms(cfg, native, rc)
     if hasattr(train_raw, "transform"):  # timm ImageDataset: we apply transforms ourselves, seeded per sample
         train_raw.transform = val_raw.transform = None
