@@ -40,11 +40,13 @@ _AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class RunResult:
-    """What a finished run returns (rank 0's view; every rank returns the same history)."""
+    """What a finished run returns on every rank (the same history everywhere)."""
     out_dir: Path
     history: list[dict[str, Any]]
     num_updates: int
     resumed_from: Path | None
+    model: nn.Module          # the trained model, unwrapped (no DDP / compile)
+    ema: nn.Module | None     # the EMA weights' model, when EMA is on
 
 
 def _log(d: DistInfo, message: str) -> None:
@@ -151,7 +153,7 @@ class _Run:
         train_loss, self.eval_loss = build_losses(cfg, mixup)
         random_erasing = None
         if cfg.data.aug.re_prob > 0:
-            from timm.data import RandomErasing
+            from timm.data.random_erasing import RandomErasing
             random_erasing = RandomErasing(cfg.data.aug.re_prob, mode="pixel", device=d.device)
 
         self.history: list[dict[str, Any]] = []
@@ -185,6 +187,9 @@ class _Run:
         if self.metrics is not None:
             self.metrics.rewrite(self.history)
         self._print_header()
+        # Ranks share the initial weights (seeded above) but not their noise: dropout, mixup and random
+        # erasing draw from seed + rank, as in timm's train.py.
+        seed_everything(cfg.run.seed + d.rank)
         if self.resume_from is not None:
             # last, so nothing in setup draws from the restored streams
             restore_rng(self.resume_from.state["ranks"][d.rank]["rng"])
@@ -326,7 +331,8 @@ class _Run:
                       f"{best['epoch']}; weights {self.out / 'model.safetensors'}", flush=True)
         barrier()
         return RunResult(self.out, self.history, self.progress.num_updates,
-                         self.resume_from.path if self.resume_from else None)
+                         self.resume_from.path if self.resume_from else None, self.module,
+                         self.ema.module if self.ema is not None else None)
 
 
 def _epoch_line(r: dict[str, Any]) -> str:

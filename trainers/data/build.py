@@ -181,8 +181,10 @@ def make_loaders(cfg: TrainConfig, raw: RawData, rank: int, world_size: int, dev
                             drop_last=False, **loader_args)
     channels = rc["input_size"][0]
     prefetch = dict(mean=rc["mean"], std=rc["std"], channels=channels, device=device)
+    # Random erasing is left to the step loop: PrefetchLoader would draw it one batch ahead, out of
+    # step with the RNG state a mid-epoch checkpoint captures.
     return Data(
-        train_loader=PrefetchLoader(train_loader, re_prob=cfg.data.aug.re_prob, **prefetch),
+        train_loader=PrefetchLoader(train_loader, **prefetch),
         val_loader=PrefetchLoader(val_loader, **prefetch),
         train_sampler=sampler, num_classes=num_classes, input_size=tuple(rc["input_size"]),
         mean=tuple(rc["mean"]), std=tuple(rc["std"]), crop_pct=rc.get("crop_pct"),
