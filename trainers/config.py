@@ -71,6 +71,8 @@ class RunConfig:
     progress: bool = field(default=True, metadata=_help("tqdm progress bar on rank 0."))
     tensorboard: bool = field(default=False, metadata=_help("Also write TensorBoard scalars to <out_dir>/tensorboard."))
     eval_every: int = field(default=1, metadata=_help("Evaluate every N epochs (and always after the last).", min=1))
+    dist_bn: Literal["reduce", "broadcast", "none"] = field(default="reduce", metadata=_help(
+        "Under DDP, at each epoch end make BN running stats equal on every rank: average (reduce) or rank 0's."))
 
 
 @dataclass(frozen=True)

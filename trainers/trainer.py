@@ -272,6 +272,10 @@ class _Run:
                             log_every=cfg.run.log_every)
             if bar is not None:
                 bar.close()
+            if d.distributed and cfg.run.dist_bn != "none":
+                # DDP keeps parameters in sync, not BN running stats (each rank updates its own)
+                from timm.utils import distribute_bn
+                distribute_bn(self.module, d.world_size, reduce=cfg.run.dist_bn == "reduce")
             if self.scheduler is not None and not cfg.sched.per_step:
                 self.scheduler.step(p.epoch + 1)
             record = self._epoch_record(p, time.perf_counter() - epoch_start - (p.train_time - time_before))
