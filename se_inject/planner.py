@@ -1,0 +1,245 @@
+"""Stage 3: apply a placement policy to the sites of one model -> a :class:`Plan` you can print.
+
+    >>> import timm, se_inject
+    >>> plan = se_inject.plan(timm.create_model("resnet50"), r=16)
+    >>> plan.params_added, len(plan.placements)
+    (2530992, 16)
+    >>> print(plan)                                                     # doctest: +ELLIPSIS
+    SE plan for ResNet (policy paper, input 3x224x224): 16 SE blocks
+    label    kind      module    channels  reduced  r   params  layout  map
+    SE_2_1   residual  layer1.0  256       16       16  8,464   nchw    56x56
+    ...
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .accounting import count_macs, count_params, se_macs, se_params
+from .block import reduced_channels
+from .errors import PolicyError
+from .policy import Policy, load_policy
+from .sites import Site, find_sites
+from .tracing import TracedModel, trace_model
+
+__all__ = ["Placement", "Skip", "Plan", "make_plan"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One SE block to insert: after ``site.node`` of ``site.path``, as attribute ``name``."""
+    site: Site
+    label: str        # SE_<stage>_<block>, the paper's naming (§6.3, Fig. 8)
+    r: float
+    reduced: int
+    name: str         # attribute of the owner: se, or se1, se2, ... when it owns several
+    params: int
+    macs: int
+    fused: bool       # shortcut + x * gate in one addcmul, replacing the add
+
+    @property
+    def module_path(self) -> str:
+        return f"{self.site.path}.{self.name}" if self.site.path else self.name
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A site the plan leaves alone, and why."""
+    site: Site
+    label: str
+    reason: str
+
+
+@dataclass
+class Plan:
+    """What :func:`se_inject.apply` will do to one model. Printing it gives the site table."""
+    model_name: str
+    policy: Policy
+    input_size: tuple[int, ...]
+    placements: list[Placement]
+    skipped: list[Skip]
+    notes: list[str]
+    params_before: int
+    macs_before: int | None = None
+    traced: TracedModel | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def params_added(self) -> int:
+        return sum(p.params for p in self.placements)
+
+    @property
+    def params_after(self) -> int:
+        return self.params_before + self.params_added
+
+    @property
+    def macs_added(self) -> int:
+        return sum(p.macs for p in self.placements)
+
+    @property
+    def macs_after(self) -> int | None:
+        return None if self.macs_before is None else self.macs_before + self.macs_added
+
+    def by_kind(self) -> dict[str, int]:
+        return dict(Counter(p.site.kind for p in self.placements))
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(Counter(s.reason for s in self.skipped))
+
+    def table(self) -> str:
+        header = ("label", "kind", "module", "channels", "reduced", "r", "params", "layout", "map")
+        rows = [header] + [
+            (p.label, p.site.kind, p.site.path, str(p.site.channels),
+             str(p.reduced), f"{p.r:g}", f"{p.params:,}", p.site.layout or "-",
+             "x".join(map(str, p.site.spatial)) or "-")
+            for p in self.placements]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+    def totals(self) -> str:
+        lines = [f"params: {self.params_before:,} -> {self.params_after:,} "
+                 f"(+{self.params_added:,}, +{100 * self.params_added / max(self.params_before, 1):.2f}%)"]
+        if self.macs_before is not None:
+            lines.append(f"MACs:   {self.macs_before / 1e9:.3f} G -> {self.macs_after / 1e9:.3f} G "
+                         f"(+{100 * self.macs_added / max(self.macs_before, 1):.3f}%) at {'x'.join(map(str, self.input_size))}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        kinds = ", ".join(f"{n} {k}" for k, n in self.by_kind().items()) or "none"
+        head = (f"SE plan for {self.model_name} (policy {self.policy.source}, input "
+                f"{'x'.join(map(str, self.input_size))}): {len(self.placements)} SE blocks")
+        parts = [head]
+        if self.placements:
+            parts.append(self.table())
+        parts.append(f"sites gated by kind: {kinds}")
+        for reason, n in self.skipped_by_reason().items():
+            parts.append(f"skipped {n}: {reason}")
+        parts += [f"note: {n}" for n in self.notes]
+        parts.append(self.totals())
+        return "\n".join(parts)
+
+
+def _check_globs(policy: Policy, model: nn.Module) -> None:
+    """A glob that matches no module is a typo: say so instead of silently gating nothing."""
+    paths = [p for p, _ in model.named_modules() if p]
+    for key, globs in (("include", policy.include), ("exclude", policy.exclude),
+                       ("r_by_path", tuple(g for g, _ in policy.r_by_path))):
+        for glob in globs:
+            if not any(fnmatch.fnmatchcase(p, glob) for p in paths):
+                example = ", ".join(repr(p) for p in paths[:3])
+                raise PolicyError(f"{policy.source}: key {key!r}: glob {glob!r} matches no module of "
+                                  f"{type(model).__name__} (module paths look like {example})")
+
+
+def _skip_reason(site: Site, policy: Policy, chosen_kinds: tuple[str, ...], last_stage: int | None) -> str | None:
+    if site.status != "ok":
+        return site.status
+    if site.kind not in chosen_kinds:
+        return f"{site.kind} sites are not in the policy's kinds"
+    if site.covered_by is not None and "residual" in chosen_kinds:
+        return "concat on a residual branch: the branch's SE gates it"
+    if site.layout not in policy.layouts:
+        if site.layout == "nlc":
+            return "token layout (B, N, C): add nlc to the policy's layouts to gate token channels"
+        return f"{site.layout} layout is not in the policy's layouts"
+    if policy.include and not any(fnmatch.fnmatchcase(site.path, g) for g in policy.include):
+        return "not matched by include"
+    if any(fnmatch.fnmatchcase(site.path, g) for g in policy.exclude):
+        return "matched by exclude"
+    if site.channels < policy.min_channels:
+        return f"fewer than min_channels={policy.min_channels} channels"
+    if policy.skip_last_stage and site.stage is not None and site.stage == last_stage:
+        return f"last stage ({last_stage}) skipped (skip_last_stage)"
+    return None
+
+
+def _labels(sites: list[Site]) -> dict[Site, str]:
+    """SE_<stage>_<block>: blocks numbered from 1 within each stage, in execution order."""
+    per_stage: Counter[Any] = Counter()
+    out = {}
+    for s in sites:
+        per_stage[s.stage] += 1
+        out[s] = f"SE_{s.stage if s.stage is not None else 'x'}_{per_stage[s.stage]}"
+    return out
+
+
+def _attribute_names(placements: list[tuple[Site, Any]], traced: TracedModel) -> dict[Site, str]:
+    """``se`` for an owner's only block, ``se1``, ``se2``, ... for several; never an existing name."""
+    by_owner: dict[str, list[Site]] = {}
+    for site, _ in placements:
+        by_owner.setdefault(site.path, []).append(site)
+    names: dict[Site, str] = {}
+    for path, sites in by_owner.items():
+        owner = traced.graphs[path].module
+        taken = {k for k, v in owner._modules.items() if v is not None} | set(owner._parameters) | set(owner._buffers)
+        taken |= {k for k, v in vars(owner).items() if not k.startswith("_") and v is not None}
+        candidates = iter(["se"] if len(sites) == 1 else [])
+        counter = 1
+        for site in sites:
+            name = next(candidates, None)
+            while name is None or name in taken:
+                name, counter = f"se{counter}", counter + 1
+            taken.add(name)
+            names[site] = name
+    return names
+
+
+def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_size: tuple[int, ...] | None = None,
+              count_flops: bool = True, **overrides: Any) -> Plan:
+    """Trace ``model``, find its sites and choose where SE goes, without changing the model."""
+    policy = load_policy(policy)
+    if overrides:
+        policy = policy.replace(**overrides)
+    _check_globs(policy, model)
+    traced = trace_model(model, input_size)
+    sites = find_sites(traced)
+    notes = list(traced.notes)
+
+    kinds = policy.kinds
+    if policy.conv_fallback and "conv" not in kinds and not any(s.kind in kinds for s in sites):
+        if any(s.kind == "conv" and s.status == "ok" for s in sites):
+            kinds = (*kinds, "conv")
+            notes.append(f"no {'/'.join(policy.kinds)} site in this model: gating conv->norm->act units (conv_fallback)")
+
+    considered = [s for s in sites if s.kind in kinds]
+    stages = [s.stage for s in considered if s.status == "ok" and s.stage is not None]
+    last_stage = max(stages) if stages else None
+    labels = _labels(considered)
+
+    chosen: list[tuple[Site, float]] = []
+    skipped: list[Skip] = []
+    for site in sites:
+        reason = _skip_reason(site, policy, kinds, last_stage)
+        if reason is None:
+            chosen.append((site, policy.r_for(site.path, site.stage)))
+        elif site.kind in kinds:
+            skipped.append(Skip(site, labels.get(site, "-"), reason))
+    names = _attribute_names(chosen, traced)
+    placements = []
+    for site, r in chosen:
+        rd = reduced_channels(site.channels, r, policy.divisor, policy.min_reduced)
+        positions = 1
+        for d in site.spatial:
+            positions *= d
+        placements.append(Placement(
+            site=site, label=labels[site], r=r, reduced=rd, name=names[site],
+            params=se_params(site.channels, rd), macs=se_macs(site.channels, rd, positions),
+            fused=bool(site.fuse) and policy.fuse_add))
+
+    if not placements:
+        notes.append(_why_nothing(sites, policy))
+    macs = count_macs(model, traced.input_size) if count_flops else None
+    return Plan(model_name=type(model).__name__, policy=policy, input_size=traced.input_size, placements=placements,
+                skipped=skipped, notes=notes, params_before=count_params(model), macs_before=macs, traced=traced)
+
+
+def _why_nothing(sites: list[Site], policy: Policy) -> str:
+    if not sites:
+        return ("no site found: no residual add, channel concat or conv->act unit in any traceable module "
+                "(see `se-inject plan --verbose` for modules fx could not trace)")
+    found = Counter(s.kind for s in sites)
+    listed = ", ".join(f"{n} {k}" for k, n in found.items())
+    return f"no SE inserted: sites found ({listed}) but none passes the policy; see the skipped lines above"

@@ -1,0 +1,183 @@
+"""Stage 4: rewrite the owners of planned sites, keeping the model object, its class and its names.
+
+Each owner (a timm ``Bottleneck``, an ``InceptionA``) is replaced by an
+:class:`~se_inject.graph_module.OwnerGraphModule` running its traced graph with the SE blocks
+inserted; every original parameter and buffer keeps its name, the new ones are ``<owner>.se.*``.
+All replacements are built before the first is swapped in, and the rewritten model is checked by a
+meta forward: on any failure every swap is undone, so the model is never left half-rewritten.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .block import SqueezeExcite
+from .errors import TraceError
+from .graph_module import OwnerGraphModule
+from .planner import Placement, Plan
+from .tracing import ModuleGraph, forward_shapes
+
+__all__ = ["rewrite"]
+
+
+def _copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[str, fx.Node]]:
+    new = fx.Graph()
+    val_map: dict[fx.Node, fx.Node] = {}
+    out = new.graph_copy(graph, val_map)
+    new.output(out)
+    new._codegen = copy.deepcopy(graph._codegen)
+    return new, {n.name: n for n in new.nodes}
+
+
+def _restore_argument_names(graph: fx.Graph, module: nn.Module) -> None:
+    """fx names a specialised argument ``mask_1``; callers pass ``mask=``: give it its name back."""
+    if type(graph._codegen) is not fx.graph.CodeGen:
+        return  # pytree inputs: the generated signature already uses the original names
+    import inspect
+    params = inspect.signature(module.forward).parameters
+    for n in graph.find_nodes(op="placeholder"):
+        base = n.target.rsplit("_", 1)[0]
+        if n.target.endswith("_1") and base in params and not any(p.target == base for p in graph.find_nodes(op="placeholder")):
+            n.target = base
+
+
+def _reference_tensor(module: nn.Module) -> torch.Tensor | None:
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def _make_block(p: Placement, plan: Plan, like: torch.Tensor | None) -> SqueezeExcite:
+    policy = plan.policy
+    se = SqueezeExcite(p.site.channels, p.r, reduced=p.reduced, gate=policy.gate, squeeze=policy.squeeze,
+                       layout=p.site.layout, init=policy.init)
+    if like is not None:
+        se = se.to(device=like.device, dtype=like.dtype)
+    return se
+
+
+def _branch_user(graph_nodes: dict[str, fx.Node], x: fx.Node, add: fx.Node) -> fx.Node:
+    """The node right after ``x`` on the way to ``add`` (the first drop-path, or the add itself)."""
+    for user in x.users:
+        cur = user
+        while cur is not add and len(cur.users) == 1:
+            cur = next(iter(cur.users))
+        if cur is add:
+            return user
+    return add
+
+
+def _insert(graph: fx.Graph, nodes: dict[str, fx.Node], p: Placement) -> None:
+    x = nodes[p.site.node]
+    add = nodes.get(p.site.fuse) if p.site.fuse else None
+    if p.fused and add is not None:
+        branch = next(a for a in add.args[:2] if isinstance(a, fx.Node) and (a is x or x in _chain(a)))
+        shortcut = add.args[1] if add.args[0] is branch else add.args[0]
+        with graph.inserting_before(add):
+            se_node = graph.call_module(p.name, (x, shortcut))
+        add.replace_all_uses_with(se_node)
+        graph.erase_node(add)
+        for dead in _chain(branch) if branch is not x else ():  # identity tail (DropPath(0.), Identity)
+            if not dead.users and dead is not x:
+                graph.erase_node(dead)
+        return
+    with graph.inserting_after(x):
+        se_node = graph.call_module(p.name, (x,))
+    if p.site.kind == "residual" and add is not None:
+        # only the branch's way to the add gets the gated tensor; other users keep x
+        _branch_user(nodes, x, add).replace_input_with(x, se_node)
+    elif p.site.kind == "residual":
+        users = [u for u in x.users if u is not se_node]
+        if len(users) != 1:
+            raise TraceError(f"{p.site.where}: the residual branch output has {len(users)} users; cannot place SE")
+        users[0].replace_input_with(x, se_node)
+    else:
+        x.replace_all_uses_with(se_node, delete_user_cb=lambda u: u is not se_node)
+
+
+def _chain(n: fx.Node) -> list[fx.Node]:
+    """``n`` and the single-input nodes before it (a transparent tail), nearest first."""
+    out = [n]
+    while n.all_input_nodes and n.op == "call_module" and len(n.all_input_nodes) == 1:
+        n = n.all_input_nodes[0]
+        out.append(n)
+    return out
+
+
+def _children(owner: nn.Module, blocks: dict[str, SqueezeExcite], after: dict[str, str | None]
+              ) -> "OrderedDict[str, nn.Module | None]":
+    """The owner's children in their order, each SE right after the child that feeds it (timm's
+    ``seresnet`` order: ``bn3``, ``se``, ``act3``)."""
+    out: OrderedDict[str, nn.Module | None] = OrderedDict()
+    pending = dict(blocks)
+    for name, child in owner._modules.items():
+        if name in pending:
+            continue  # a None placeholder (timm's `self.se = None`) is taken by the SE block
+        out[name] = child
+        for se_name, anchor in after.items():
+            if anchor == name and se_name in pending:
+                out[se_name] = pending.pop(se_name)
+    out.update(pending)
+    return out
+
+
+def _build_owner(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> OwnerGraphModule:
+    graph, nodes = _copy_graph(mg.graph)
+    _restore_argument_names(graph, mg.module)
+    like = _reference_tensor(mg.module)
+    blocks: dict[str, SqueezeExcite] = {}
+    after: dict[str, str | None] = {}
+    for p in sorted(placements, key=lambda p: p.site.order):
+        blocks[p.name] = _make_block(p, plan, like)
+        src = nodes[p.site.node]
+        after[p.name] = src.target.split(".")[0] if src.op == "call_module" else None
+        _insert(graph, nodes, p)
+    graph.lint()
+    return OwnerGraphModule.build(mg.module, graph, _children(mg.module, blocks, after))
+
+
+def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
+    """Insert ``plan``'s SE blocks into ``model`` in place and return it.
+
+    ``plan`` must have been made for this very model object (:func:`se_inject.plan`).
+    """
+    traced = plan.traced
+    if traced is None or traced.model is not model:
+        raise TraceError("this plan was made for another model object; make the plan from the model you rewrite")
+    by_owner: dict[str, list[Placement]] = {}
+    for p in plan.placements:
+        by_owner.setdefault(p.site.path, []).append(p)
+    try:
+        built = {path: _build_owner(traced.graphs[path], ps, plan) for path, ps in by_owner.items()}
+    except TraceError:
+        raise
+    except Exception as e:
+        raise TraceError(f"rewriting failed before any change to the model: {type(e).__name__}: {e}") from e
+
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    # Shallow owners first: a deeper owner is then set inside its (already rewritten) parent.
+    for path in sorted(built, key=lambda p: p.count(".")):
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        swapped.append((parent, name, parent._modules[name]))
+        parent._modules[name] = built[path]
+    if check:
+        try:
+            _check_forward(model, plan)
+        except Exception as e:
+            for parent, name, original in reversed(swapped):
+                parent._modules[name] = original
+            raise TraceError(f"the rewritten model fails its forward ({type(e).__name__}: {e}); the model was restored") from e
+    return model
+
+
+def _check_forward(model: nn.Module, plan: Plan) -> None:
+    """One forward of the rewritten model on stand-in tensors: it runs and its output shapes are unchanged."""
+    after = forward_shapes(model, plan.input_size, plan.traced.backend)
+    if plan.traced.output_shapes is not None and after != plan.traced.output_shapes:
+        raise TraceError(f"output shapes changed from {plan.traced.output_shapes} to {after}")

@@ -1,0 +1,494 @@
+"""Stage 2: find where an SE block can go, with networkx over each owner's traced graph.
+
+Site kinds (paper §3.3):
+
+- ``residual``: an add joining a shortcut and a branch with learned compute (conv/linear). The
+  fork is the add's immediate dominator; the shortcut is the identity or the cheaper projection
+  path. SE goes on the branch output, before the add (paper Fig. 3).
+- ``multibranch``: an add of two or more equally deep learned branches (RepVGG-style train-time
+  branches, ``conv_kxk(x) + conv_1x1(x) + bn(x)``): SE after the sum, so the branches can still be
+  re-parameterised into one conv.
+- ``inception``: a channel concat of parallel learned branches forking from one point (paper
+  Fig. 2): SE after the concat. A concat on a residual branch (Inception-ResNet) is covered by
+  that branch's residual site.
+- ``concat``: a DenseNet-style concat that carries its input forward beside new features.
+- ``conv``: the end of a conv -> (norm) -> activation unit, for plain nets such as VGG.
+
+    >>> import timm
+    >>> from se_inject.tracing import trace_model
+    >>> sites = find_sites(trace_model(timm.create_model("resnet50")))
+    >>> sites[0].path, sites[0].kind, sites[0].channels, sites[0].stage
+    ('layer1.0', 'residual', 256, 2)
+"""
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import networkx as nx
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .block import SqueezeExcite
+from .tracing import ModuleGraph, TracedModel, is_mode_dependent
+
+__all__ = ["Site", "find_sites", "KINDS", "GATE_CLASSES"]
+
+#: every site kind, in the order a plan lists them.
+KINDS = ("residual", "multibranch", "inception", "concat", "conv")
+
+#: class names of modules that already gate channels (timm, torchvision and common repos).
+GATE_CLASSES = frozenset({
+    "SqueezeExcite", "SEModule", "SqueezeExcitation", "EffectiveSEModule", "EcaModule", "CecaModule",
+    "GatherExcite", "CbamModule", "LightCbamModule", "SEBlock", "SELayer", "SqueezeExcite2d",
+    "SqueezeExciteCl", "SEWeightModule", "SplitAttn", "SelectiveKernelAttn", "GlobalContext",
+})
+#: modules that are identity-like in eval and per-sample in training: SE goes before them.
+TRANSPARENT_MODULES = frozenset({"Identity", "DropPath", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+                                 "AlphaDropout", "DropBlock2d", "StochasticDepth"})
+TRANSPARENT_FUNCTIONS = frozenset({F.dropout, F.dropout1d, F.dropout2d, torch.dropout})
+ACT_MODULES = frozenset({"ReLU", "ReLU6", "SiLU", "Swish", "GELU", "Hardswish", "HardSwish", "LeakyReLU",
+                         "Mish", "PReLU", "ELU", "CELU", "SELU", "GELUTanh", "QuickGELU", "Sigmoid",
+                         "Tanh", "HardMish", "Hardtanh"})
+ACT_FUNCTIONS = frozenset({F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, F.mish,
+                           F.elu, torch.nn.functional.relu_, torch.relu_})
+ACT_METHODS = frozenset({"relu", "relu_"})
+ADD_FUNCTIONS = frozenset({operator.add, operator.iadd, torch.add})
+ADD_METHODS = frozenset({"add", "add_"})
+CAT_FUNCTIONS = frozenset({torch.cat, torch.concat, torch.concatenate})
+CONV_FUNCTIONS = frozenset({F.conv2d})
+NORM_WORDS = ("Norm",)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place where an SE block can go: after node ``node`` of the module at ``path``.
+
+    ``status`` is ``ok`` or why no SE can go here whatever the policy (already gated, an
+    unsupported layout, ...); a policy then picks among the ``ok`` ones.
+    """
+    path: str                 # qualified name of the owner module ('' = the model itself)
+    kind: str
+    node: str                 # fx node in the owner's graph whose output the SE gates
+    channels: int
+    layout: str | None        # nchw | nhwc | nlc, None if unsupported
+    spatial: tuple[int, ...]  # (H, W) or (tokens,)
+    stage: int | None         # log2 of the model input's size over this map's: paper's SE_<stage>_<block>
+    order: tuple[int, int]    # (owner call order, node index): execution order
+    status: str = "ok"
+    fuse: str | None = None   # the add node the SE can absorb (shortcut + x * gate in one op)
+    detail: str = ""
+    covered_by: str | None = None  # a concat on a residual branch: that branch's SE input node
+
+    @property
+    def where(self) -> str:
+        return f"{self.path or '<model>'}:{self.node}"
+
+
+@dataclass
+class _Owner:
+    """networkx view of one owner's graph plus per-node facts."""
+    mg: ModuleGraph
+    traced: TracedModel
+    dag: nx.DiGraph = field(init=False)
+    idom: dict[fx.Node | str, fx.Node | str] = field(init=False)
+    index: dict[fx.Node, int] = field(init=False)
+
+    ROOT = "<root>"
+
+    def __post_init__(self) -> None:
+        g = nx.DiGraph()
+        nodes = list(self.mg.graph.nodes)
+        self.index = {n: i for i, n in enumerate(nodes)}
+        g.add_node(self.ROOT)
+        for n in nodes:
+            g.add_node(n)
+            inputs = n.all_input_nodes
+            if not inputs:
+                g.add_edge(self.ROOT, n)
+            for i in inputs:
+                g.add_edge(i, n)
+        self.dag = g
+        self.idom = nx.immediate_dominators(g, self.ROOT)
+        self._placeholder_fed: set[fx.Node] = set()
+        for n in nodes:  # nodes computed from the module's inputs (not from constants alone)
+            if n.op == "placeholder" or any(i in self._placeholder_fed for i in n.all_input_nodes):
+                self._placeholder_fed.add(n)
+
+    # ---- facts about nodes
+    def submodule(self, n: fx.Node) -> nn.Module | None:
+        if n.op != "call_module":
+            return None
+        return self.mg.module.get_submodule(n.target)
+
+    def convs(self, n: fx.Node) -> int:
+        """Learned layers (weights of 2+ dims) the node runs: its depth in conv/linear units."""
+        m = self.submodule(n)
+        if m is not None:
+            return sum(1 for sub in m.modules() if any(p.dim() >= 2 for p in sub.parameters(recurse=False)))
+        if n.op == "call_function" and n.target in (F.conv2d, F.conv1d, F.linear, torch.matmul, torch.bmm):
+            return 1
+        return 0
+
+    def is_gate(self, n: fx.Node) -> bool:
+        m = self.submodule(n)
+        return m is not None and type(m).__name__ in GATE_CLASSES
+
+    def is_transparent(self, n: fx.Node) -> bool:
+        m = self.submodule(n)
+        if m is not None:
+            return type(m).__name__ in TRANSPARENT_MODULES
+        if n.op == "call_function" and n.target in TRANSPARENT_FUNCTIONS:
+            return True
+        if n.op == "call_function" and getattr(n.target, "__name__", "") == "drop_path":
+            return True
+        # multiplication by a scalar (NFNet's alpha, Inception-ResNet's scale)
+        if (n.op == "call_function" and n.target in (operator.mul, torch.mul)) or (n.op == "call_method" and n.target == "mul"):
+            others = [a for a in n.args[1:] if True]
+            return bool(others) and all(self._is_scalar(a) for a in others)
+        return False
+
+    def _is_scalar(self, a: object) -> bool:
+        if isinstance(a, (int, float)):
+            return True
+        if isinstance(a, fx.Node):
+            shape = a.meta.get("shape")
+            return shape is not None and math.prod(shape) == 1
+        return False
+
+    def is_identity(self, n: fx.Node) -> bool:
+        """An op that returns its input unchanged in every mode (``nn.Identity``, ``DropPath(0.)``)."""
+        m = self.submodule(n)
+        if m is None:
+            return False
+        if isinstance(m, nn.Identity):
+            return True
+        rate = getattr(m, "drop_prob", getattr(m, "p", None))
+        return type(m).__name__ in TRANSPARENT_MODULES and rate == 0
+
+    def is_carried(self, fork: object, n: fx.Node) -> bool:
+        """``n`` is the fork's tensor itself or a slice of it (DenseNet, DPN): no pooling, no maths."""
+        region = self.region(fork, n)
+        return all(r.op == "placeholder" or (r.op == "call_function" and r.target is operator.getitem)
+                   or self.is_identity(r) for r in region)
+
+    def is_add(self, n: fx.Node) -> bool:
+        if n.op == "call_function" and n.target in ADD_FUNCTIONS:
+            return "alpha" not in n.kwargs
+        return n.op == "call_method" and n.target in ADD_METHODS and "alpha" not in n.kwargs
+
+    def is_act(self, n: fx.Node) -> bool:
+        m = self.submodule(n)
+        if m is not None:
+            name = type(m).__name__
+            return name in ACT_MODULES or "NormAct" in name or "BnAct" in name
+        if n.op == "call_function":
+            return n.target in ACT_FUNCTIONS
+        return n.op == "call_method" and n.target in ACT_METHODS
+
+    def is_norm(self, n: fx.Node) -> bool:
+        m = self.submodule(n)
+        if m is not None:
+            return any(w in type(m).__name__ for w in NORM_WORDS)
+        return n.op == "call_function" and n.target in (F.batch_norm, F.group_norm, F.layer_norm)
+
+    def is_conv(self, n: fx.Node) -> bool:
+        m = self.submodule(n)
+        if m is not None:
+            return isinstance(m, nn.Conv2d)
+        return n.op == "call_function" and n.target in CONV_FUNCTIONS
+
+    def shape(self, n: object) -> tuple[int, ...] | None:
+        return n.meta.get("shape") if isinstance(n, fx.Node) else None
+
+    def data_fed(self, n: fx.Node) -> bool:
+        return n in self._placeholder_fed
+
+    def single_user(self, n: fx.Node) -> fx.Node | None:
+        users = list(n.users)
+        return users[0] if len(users) == 1 else None
+
+    # ---- regions
+    def region(self, fork: object, end: fx.Node) -> set[fx.Node]:
+        """Nodes on some path fork -> end (end included, fork excluded)."""
+        down = nx.descendants(self.dag, fork)
+        up = nx.ancestors(self.dag, end)
+        return {n for n in (down & up) if isinstance(n, fx.Node)} | {end}
+
+    def depth(self, fork: object, end: fx.Node) -> int:
+        """Most learned layers met on one path fork -> end."""
+        region = self.region(fork, end)
+        best: dict[fx.Node, int] = {}
+        for n in sorted(region, key=self.index.__getitem__):
+            preds = [best[p] for p in n.all_input_nodes if p in best]
+            best[n] = self.convs(n) + (max(preds) if preds else 0)
+        return best.get(end, 0)
+
+    def skip_back(self, n: fx.Node) -> fx.Node:
+        """From a branch's output, step back over trailing drop-path / dropout / scalar scaling."""
+        while self.is_transparent(n) and n.all_input_nodes:
+            prev = n.args[0] if isinstance(n.args[0], fx.Node) else n.all_input_nodes[0]
+            if len(prev.users) != 1:
+                break
+            n = prev
+        return n
+
+    def tail(self, core: fx.Node, end: fx.Node) -> list[fx.Node]:
+        """The transparent nodes from ``core`` (excluded) to ``end`` (included)."""
+        out = []
+        while end is not core:
+            out.append(end)
+            end = end.args[0] if isinstance(end.args[0], fx.Node) else end.all_input_nodes[0]
+        return out
+
+    def skip_forward(self, n: fx.Node) -> fx.Node:
+        while True:
+            user = self.single_user(n)
+            if user is None or not self.is_transparent(user):
+                return n
+            n = user
+
+
+class _Finder:
+    """Runs the per-kind detectors over one owner and turns hits into :class:`Site` records."""
+
+    def __init__(self, owner: _Owner) -> None:
+        self.o = owner
+        self.sites: list[Site] = []
+        self.covered: dict[fx.Node, str] = {}  # node on a residual branch -> that site's SE input
+        self._mode_checked: bool | None = None
+
+    # ---- layout and site construction
+    def _out_channels(self, n: fx.Node) -> tuple[int | None, bool]:
+        """Output width of the nearest learned node upstream of ``n`` and whether it is a Linear."""
+        seen = set()
+        stack = [n]
+        while stack:
+            cur = stack.pop()
+            if cur in seen or not isinstance(cur, fx.Node):
+                continue
+            seen.add(cur)
+            m = self.o.submodule(cur)
+            if m is not None:
+                leaves = [sub for sub in m.modules() if any(p.dim() >= 2 for p in sub.parameters(recurse=False))]
+                if leaves:
+                    last = leaves[-1]
+                    w = next(p for p in last.parameters(recurse=False) if p.dim() >= 2)
+                    return int(w.shape[0]), isinstance(last, nn.Linear) or w.dim() == 2
+            elif cur.op == "call_function" and cur.target in (F.conv2d, F.linear):
+                w = cur.args[1] if len(cur.args) > 1 else None
+                ws = self.o.shape(w)
+                if ws:
+                    return int(ws[0]), cur.target is F.linear
+            stack.extend(cur.all_input_nodes)
+        return None, False
+
+    def _layout(self, n: fx.Node, shape: tuple[int, ...], channel_dim: int | None = None
+                ) -> tuple[str | None, int, tuple[int, ...], str]:
+        """(layout, channels, spatial, reason) of the tensor produced by ``n``.
+
+        Rank-4 maps are channels-first unless the nearest learned layer is a Linear whose width is
+        the last dim (ConvNeXt/Swin blocks in channels-last); rank-3 tensors are tokens ``(B, N, C)``.
+        """
+        rank = len(shape)
+        if channel_dim is None:
+            width, linear = self._out_channels(n)
+            if rank == 4:
+                channel_dim = -1 if (linear and shape[-1] == width) else 1
+            elif rank == 3:
+                channel_dim = -1 if (shape[-1] == width or linear) else 1
+        if rank == 4:
+            if channel_dim in (1, -3):
+                return "nchw", shape[1], tuple(shape[2:]), ""
+            return "nhwc", shape[-1], tuple(shape[1:3]), ""
+        if rank == 3:
+            if channel_dim in (-1, 2):
+                return "nlc", shape[-1], (shape[1],), ""
+            return None, shape[1], (shape[2],), f"channels-first 1-D map {shape} is not supported"
+        return None, shape[-1] if shape else 0, (), f"a rank-{rank} tensor has no spatial or token axis to squeeze"
+
+    def _stage(self, layout: str | None, spatial: tuple[int, ...]) -> int | None:
+        if layout not in ("nchw", "nhwc") or not spatial or spatial[0] <= 0:
+            return None
+        h_in = self.o.traced.input_size[1] if len(self.o.traced.input_size) > 1 else spatial[0]
+        return max(0, round(math.log2(h_in / spatial[0])))
+
+    def add_site(self, kind: str, n: fx.Node, *, fuse: fx.Node | None = None, status: str = "ok",
+                 detail: str = "", channel_dim: int | None = None, covered_by: str | None = None) -> None:
+        shape = self.o.shape(n)
+        if shape is None:
+            return
+        layout, channels, spatial, why = self._layout(n, shape, channel_dim)
+        if status == "ok" and layout is None:
+            status = f"unsupported layout: {why}"
+        if status == "ok" and layout in ("nchw", "nhwc") and spatial and math.prod(spatial) == 1:
+            status = "1x1 feature map: nothing to squeeze"
+        if status == "ok" and not self.o.mg.path:
+            status = "in the model's own forward: se-inject rewrites submodules, not the model object"
+        if status == "ok" and self._mode_dependent():
+            status = (f"{type(self.o.mg.module).__name__}.forward branches on self.training: "
+                      "a rewritten graph would be wrong in one of the modes")
+        self.sites.append(Site(
+            path=self.o.mg.path, kind=kind, node=n.name, channels=int(channels), layout=layout,
+            spatial=tuple(int(s) for s in spatial), stage=self._stage(layout, spatial),
+            order=(self.o.mg.call.order, self.o.index[n]), status=status,
+            fuse=fuse.name if fuse is not None else None, detail=detail, covered_by=covered_by))
+
+    def _mode_dependent(self) -> bool:
+        if self._mode_checked is None:
+            try:
+                self._mode_checked = is_mode_dependent(self.o.mg)
+            except Exception:
+                self._mode_checked = True
+        return self._mode_checked
+
+    # ---- detectors
+    def _terms(self, add: fx.Node) -> list[fx.Node]:
+        """Operands of an add chain ``a + b + c`` (through drop-path), as the add sees them."""
+        terms: list[fx.Node] = []
+        for a in add.args[:2]:
+            if not isinstance(a, fx.Node):
+                continue
+            inner = self.o.skip_back(a)
+            if (self.o.is_add(inner) and len(inner.users) == 1 and self.o.shape(inner) == self.o.shape(add)
+                    and not self._is_chain_member(add)):
+                terms += self._terms(inner)
+            else:
+                terms.append(a)
+        return terms
+
+    def _is_chain_member(self, add: fx.Node) -> bool:
+        """An add whose only consumer (through drop-path) is another add of the same shape."""
+        end = self.o.skip_forward(add)
+        user = self.o.single_user(end)
+        return (user is not None and self.o.is_add(user) and len(add.users) == 1
+                and self.o.shape(user) == self.o.shape(add))
+
+    def residuals(self) -> None:
+        o = self.o
+        for n in o.mg.graph.nodes:
+            if not o.is_add(n) or self._is_chain_member(n):
+                continue
+            terms = self._terms(n)
+            shape = o.shape(n)
+            if len(terms) < 2 or any(o.shape(t) != shape for t in terms) or not all(o.data_fed(t) for t in terms):
+                continue  # x + pos_embed, a broadcast bias, a scalar: not a residual join
+            fork = o.idom[n]
+            depths = [o.depth(fork, t) for t in terms]
+            deepest = max(depths)
+            if deepest == 0:
+                continue
+            tops = [t for t, d in zip(terms, depths) if d == deepest]
+            if len(tops) == 1:
+                branch = tops[0]
+                core = o.skip_back(branch)
+                region = o.region(fork, branch)
+                self.covered.update(dict.fromkeys(region, core.name))
+                direct = (len(terms) == 2 and n.op == "call_function" and n.args[0] in terms and n.args[1] in terms
+                          and all(o.is_identity(t) for t in o.tail(core, branch)))
+                gated = any(o.is_gate(r) for r in region)
+                shortcut = [t for t in terms if t is not branch]
+                detail = "shortcut: " + ", ".join("identity" if t is fork or o.depth(fork, t) == 0 else t.name for t in shortcut)
+                self.add_site("residual", core, fuse=n if direct else None,
+                              status="already gated" if gated else "ok", detail=detail)
+            else:
+                for t in terms:
+                    self.covered.update(dict.fromkeys(o.region(fork, t), n.name))
+                gated = o.is_gate(o.single_user(n)) if o.single_user(n) is not None else False
+                self.add_site("multibranch", n, status="already gated" if gated else "ok",
+                              detail=f"{len(terms)} terms, {len(tops)} learned branches")
+        # our own fused SE (se(x, shortcut)) replaced an add: report it as gated, do not add again
+        for n in o.mg.graph.nodes:
+            m = o.submodule(n)
+            if isinstance(m, SqueezeExcite) and len(n.args) + len(n.kwargs) >= 2:
+                x = n.args[0]
+                if isinstance(x, fx.Node):
+                    self.add_site("residual", x, status="already gated", detail=f"by {n.target}")
+
+    def concats(self) -> None:
+        o = self.o
+        for n in o.mg.graph.nodes:
+            if not (n.op == "call_function" and n.target in CAT_FUNCTIONS):
+                continue
+            shape = o.shape(n)
+            dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
+            inputs = n.args[0] if n.args else n.kwargs.get("tensors")
+            if shape is None or not isinstance(inputs, (list, tuple)) or len(inputs) < 2 or not isinstance(dim, int):
+                continue
+            rank = len(shape)
+            channel_dim = {4: (1, -3), 3: (2, -1)}.get(rank, ())
+            if dim not in channel_dim and not (rank == 4 and dim in (3, -1)):
+                continue
+            user = o.single_user(n)
+            if user is not None and user.op == "call_function" and user.target in CAT_FUNCTIONS:
+                continue  # an inner concat (InceptionE's 3x3 pair): the outer one is the module's
+            inputs = [i for i in inputs if isinstance(i, fx.Node)]
+            fork = o.idom[n]
+            depths = [o.depth(fork, i) for i in inputs]
+            carried = any(d == 0 and o.is_carried(fork, i) for i, d in zip(inputs, depths))
+            learned = sum(d > 0 for d in depths)
+            gated = user is not None and o.is_gate(user)
+            status = "already gated" if gated else "ok"
+            covered_by = self.covered.get(n)  # on a residual branch (Inception-ResNet): that site may gate it
+            if carried and learned >= 1:
+                self.add_site("concat", n, status=status, detail=f"{len(inputs)} inputs, input carried forward",
+                              channel_dim=dim, covered_by=covered_by)
+            elif learned >= 2:
+                self.add_site("inception", n, status=status, detail=f"{len(inputs)} branches, {learned} learned",
+                              channel_dim=dim, covered_by=covered_by)
+
+    def convs(self) -> None:
+        o = self.o
+        for n in o.mg.graph.nodes:
+            if not o.is_act(n) or not n.all_input_nodes:
+                continue
+            prev = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else n.all_input_nodes[0]
+            m = o.submodule(n)
+            fused_norm_act = m is not None and ("NormAct" in type(m).__name__ or "BnAct" in type(m).__name__)
+            steps, norms = 0, int(fused_norm_act)
+            while not o.is_conv(prev) and steps < 3:
+                if o.is_norm(prev):
+                    norms += 1
+                elif not o.is_transparent(prev):
+                    break
+                if len(prev.users) != 1 or not prev.all_input_nodes:
+                    break
+                prev = prev.args[0] if isinstance(prev.args[0], fx.Node) else prev.all_input_nodes[0]
+                steps += 1
+            if not o.is_conv(prev) or norms > 1 or len(prev.users) != 1:
+                continue
+            end = o.skip_forward(n)
+            user = o.single_user(end)
+            gated = user is not None and o.is_gate(user)
+            self.add_site("conv", end, status="already gated" if gated else "ok",
+                          detail=f"{prev.name} -> {n.name}")
+
+
+def find_sites(traced: TracedModel) -> list[Site]:
+    """Every candidate site of every kind, in execution order (policy-free)."""
+    sites: list[Site] = []
+    gates = [f"{p}." for p, mg in traced.graphs.items() if type(mg.module).__name__ in GATE_CLASSES]
+    gates += [f"{p}." for p, m in traced.model.named_modules() if type(m).__name__ in GATE_CLASSES]
+    for mg in traced.owners():
+        if any(f"{mg.path}.".startswith(g) for g in gates):
+            continue  # the inside of an existing gate (EfficientNet's SE convs) is no place for another
+        finder = _Finder(_Owner(mg, traced))
+        finder.residuals()
+        finder.concats()
+        finder.convs()
+        sites += finder.sites
+    sites.sort(key=lambda s: s.order)
+    return sites
+
+
+def summarize(sites: Iterable[Site]) -> dict[str, int]:
+    """Sites by kind (status ok only)."""
+    out: dict[str, int] = {}
+    for s in sites:
+        if s.status == "ok":
+            out[s.kind] = out.get(s.kind, 0) + 1
+    return out
