@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import TrainConfig
 
-__all__ = ["build_backbone", "add_se", "build_model", "scaled_lr", "build_optimizer", "build_scheduler", "build_losses", "build_mixup",
+__all__ = ["build_backbone", "add_se", "build_model", "scaled_lr", "build_optimizer", "build_scheduler", "build_loss", "build_mixup",
            "build_ema"]
 
 
@@ -93,17 +93,18 @@ def build_mixup(cfg: TrainConfig, num_classes: int) -> Any:
                  label_smoothing=loss.label_smoothing, num_classes=num_classes)
 
 
-def build_losses(cfg: TrainConfig, mixup: Any) -> tuple[nn.Module, nn.Module]:
-    """(training loss, evaluation loss): soft-target CE under mixup, label-smoothed CE, or plain CE."""
+def build_loss(cfg: TrainConfig, mixup: Any) -> nn.Module:
+    """The training loss: soft-target CE under mixup (smoothing is in the targets), label-smoothed CE, or CE.
+
+    Evaluation always uses plain cross-entropy.
+    """
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     if mixup is not None:
-        train: nn.Module = SoftTargetCrossEntropy()
-    elif cfg.loss.label_smoothing > 0:
-        train = LabelSmoothingCrossEntropy(smoothing=cfg.loss.label_smoothing)
-    else:
-        train = nn.CrossEntropyLoss()
-    return train, nn.CrossEntropyLoss()
+        return SoftTargetCrossEntropy()
+    if cfg.loss.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.loss.label_smoothing)
+    return nn.CrossEntropyLoss()
 
 
 def build_ema(cfg: TrainConfig, model: nn.Module) -> Any:

@@ -141,7 +141,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
             now = time.perf_counter()
             rate = (progress.samples - last_log_samples) * ctx.world_size / max(now - last_log_time, 1e-9)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{ctx.optimizer.param_groups[0]['lr']:.4g}",
-                            img_s=f"{rate:.0f}", refresh=False)
+                            img_s=f"{rate:.0f}")  # refreshes the bar: once per log_every steps
             last_log_samples, last_log_time = progress.samples, now
         if on_update is not None:
             progress.train_time += time.perf_counter() - start

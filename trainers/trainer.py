@@ -26,7 +26,7 @@ from .data import load_datasets, make_loaders, resolve_input
 from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup_distributed,
                           teardown_distributed)
 from .errors import CheckpointError, ConfigError
-from .factory import add_se, build_backbone, build_ema, build_losses, build_mixup, build_optimizer, build_scheduler
+from .factory import add_se, build_backbone, build_ema, build_loss, build_mixup, build_optimizer, build_scheduler
 from .loop import EpochProgress, StepContext, evaluate, train_one_epoch
 from .metrics import MetricsWriter, peak_memory_mb, reset_peak_memory, summary_table
 from .rng import capture_rng, restore_rng, seed_everything, set_deterministic
@@ -80,8 +80,8 @@ class _Run:
     def _choose_checkpoint(self) -> ckpt.Checkpoint | None:
         """Rank 0 picks (and verifies) the checkpoint to resume; every rank then loads that one."""
         resume = self.cfg.checkpoint.resume
-        choice: str | None = None
-        error: str | None = None
+        found: ckpt.Checkpoint | None = None
+        error: Exception | None = None
         if self.d.is_main:
             try:
                 if resume is None:
@@ -90,18 +90,18 @@ class _Run:
                                           "continue that run, or choose another run.out_dir")
                 elif resume == "auto":
                     found = ckpt.find_latest(self.ckpt_root, lambda m: _warn(self.d, m))
-                    choice = str(found.path) if found else None
                     if found is None:
                         _log(self.d, f"resume auto: no checkpoint in {self.ckpt_root}, starting fresh")
                 else:
-                    choice = str(ckpt.load_checkpoint(resume).path)
+                    found = ckpt.load_checkpoint(resume)
             except (ConfigError, CheckpointError) as e:
-                error = f"{type(e).__name__}:{e}"
-        choice, error = broadcast_object((choice, error))
+                error = e
+        choice, error = broadcast_object((str(found.path) if found else None, error))
         if error is not None:
-            kind, _, message = error.partition(":")
-            raise (ConfigError if kind == "ConfigError" else CheckpointError)(message)
-        return ckpt.load_checkpoint(choice) if choice else None
+            raise error
+        if self.d.is_main or choice is None:
+            return found
+        return ckpt.load_checkpoint(choice)
 
     def _setup(self) -> None:
         cfg, d = self.cfg, self.d
@@ -109,32 +109,53 @@ class _Run:
         seed_everything(cfg.run.seed)  # the same on every rank: identical initial weights
         self.resume_from = self._choose_checkpoint()
         if self.resume_from is not None and self.resume_from.state.get("world_size") != d.world_size:
-            raise CheckpointError(f"checkpoint {self.resume_from.path} was written by "
-                                  f"{self.resume_from.state.get('world_size')} ranks, this run has {d.world_size}: resume "
-                                  f"with torchrun --nproc_per_node={self.resume_from.state.get('world_size')} "
-                                  "(data order and RNG streams are per rank)")
+            n = self.resume_from.state.get("world_size")
+            raise CheckpointError(f"checkpoint {self.resume_from.path} was written by {n} ranks, this run has "
+                                  f"{d.world_size}: resume with torchrun --nproc_per_node={n} (data order and RNG "
+                                  "streams are per rank)")
         if cfg.run.tensorboard:
             try:
                 import torch.utils.tensorboard  # noqa: F401
             except ImportError:
                 raise ConfigError("run.tensorboard needs the tensorboard package: pip install 'se-inject[tensorboard]'") from None
+        model = self._build_model_and_data()
+        self._build_optimization(model)
+        if d.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "run.yaml").write_text(dump_config(self.cfg))
+        self.metrics = MetricsWriter(self.out, ema=self.ema is not None and self.cfg.ema.evaluate,
+                                     tensorboard=cfg.run.tensorboard) if d.is_main else None
+        if self.metrics is not None:
+            self.metrics.rewrite(self.history)
+        self._print_header()
+        # Ranks share the initial weights (seeded above) but not their noise: dropout, mixup and random
+        # erasing draw from seed + rank, as in timm's train.py.
+        seed_everything(cfg.run.seed + d.rank)
+        if self.resume_from is not None:
+            # last, so nothing in setup draws from the restored streams
+            restore_rng(self.resume_from.state["ranks"][d.rank]["rng"])
 
+    def _build_model_and_data(self) -> nn.Module:
+        """Data sets, the model (plain, then SE with the resolved input size), loaders; fills run.yaml's blanks."""
+        cfg, d = self.cfg, self.d
         raw = load_datasets(cfg)
         model = build_backbone(cfg, raw.num_classes, raw.in_chans or cfg.model.in_chans or 3)
         rc = resolve_input(cfg, raw, model)
         model = add_se(cfg, model, tuple(rc["input_size"]))
         self.data = make_loaders(cfg, raw, d.rank, d.world_size, d.device, model)
-        # run.yaml holds what was resolved at run time too (classes, channels, input size, normalisation)
-        self.cfg = cfg = replace(cfg,
-                                 model=replace(cfg.model, num_classes=cfg.model.num_classes or raw.num_classes,
-                                               in_chans=cfg.model.in_chans or self.data.input_size[0]),
-                                 data=replace(cfg.data, input_size=self.data.input_size, mean=self.data.mean,
-                                              std=self.data.std, crop_pct=self.data.crop_pct if raw.native_size is None else cfg.data.crop_pct))
-
+        self.cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes or raw.num_classes,
+                                              in_chans=self.data.input_size[0]),
+                           data=replace(cfg.data, input_size=self.data.input_size, mean=self.data.mean,
+                                        std=self.data.std, crop_pct=self.data.crop_pct))
         model.to(d.device)
         if cfg.run.channels_last:
             model.to(memory_format=torch.channels_last)
         self.module = model
+        return model
+
+    def _build_optimization(self, model: nn.Module) -> None:
+        """Optimizer, schedule, scaler, mixup, loss, EMA and wrappers; restores a checkpoint into them."""
+        cfg, d = self.cfg, self.d
         accum = cfg.optim.accum_steps
         batches = self.data.batches_per_epoch
         if cfg.data.limit_train_batches:
@@ -147,10 +168,8 @@ class _Run:
 
         self.optimizer = build_optimizer(cfg, model, self.global_batch)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.updates_per_epoch)
-        amp_dtype = _AMP[cfg.run.amp]
         scaler = torch.amp.GradScaler(d.device.type) if cfg.run.amp == "fp16" else None
         mixup = build_mixup(cfg, self.data.num_classes)
-        train_loss, self.eval_loss = build_losses(cfg, mixup)
         random_erasing = None
         if cfg.data.aug.re_prob > 0:
             from timm.data.random_erasing import RandomErasing
@@ -174,25 +193,10 @@ class _Run:
         if cfg.run.compile:
             wrapped = torch.compile(wrapped)
         self.ctx = StepContext(
-            model=wrapped, module=model, optimizer=self.optimizer, loss_fn=train_loss, device=d.device,
+            model=wrapped, module=model, optimizer=self.optimizer, loss_fn=build_loss(cfg, mixup), device=d.device,
             scheduler=self.scheduler, per_step_schedule=cfg.sched.per_step, scaler=scaler, ema=self.ema, mixup=mixup,
-            random_erasing=random_erasing, amp_dtype=amp_dtype, channels_last=cfg.run.channels_last,
+            random_erasing=random_erasing, amp_dtype=_AMP[cfg.run.amp], channels_last=cfg.run.channels_last,
             accum_steps=accum, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, world_size=d.world_size)
-
-        if d.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "run.yaml").write_text(dump_config(cfg))
-        self.metrics = MetricsWriter(self.out, ema=self.ema is not None and cfg.ema.evaluate,
-                                     tensorboard=cfg.run.tensorboard) if d.is_main else None
-        if self.metrics is not None:
-            self.metrics.rewrite(self.history)
-        self._print_header()
-        # Ranks share the initial weights (seeded above) but not their noise: dropout, mixup and random
-        # erasing draw from seed + rank, as in timm's train.py.
-        seed_everything(cfg.run.seed + d.rank)
-        if self.resume_from is not None:
-            # last, so nothing in setup draws from the restored streams
-            restore_rng(self.resume_from.state["ranks"][d.rank]["rng"])
 
     def _restore(self, c: ckpt.Checkpoint, model: nn.Module, scaler: Any) -> None:
         state = c.state
