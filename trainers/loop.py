@@ -115,7 +115,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
                 loss = ctx.loss_fn(ctx.model(x), target)
             scaled = loss / ctx.accum_steps if ctx.accum_steps > 1 else loss
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
-        progress.loss_sum += loss.detach().double() * x.shape[0]
+        progress.loss_sum.add_(loss.detach(), alpha=x.shape[0])  # float64 sum: one op, no sync
         progress.samples += x.shape[0]
         progress.batch += 1
         if bar is not None:
