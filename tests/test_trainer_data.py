@@ -64,8 +64,11 @@ def test_shards_are_disjoint_cover_the_epoch_and_change_each_epoch(world_size):
     assert epochs[0] != epochs[1]
 
 
-def test_resuming_mid_epoch_continues_the_same_order():
-    s = ResumableSampler(random_order(50), 50, 5, seed=3, rank=1, world_size=2)
+@pytest.mark.parametrize("order", ["random", "class-balanced"])
+def test_resuming_mid_epoch_continues_the_same_order(order):
+    targets = torch.arange(50) % 3
+    fn = random_order(50) if order == "random" else class_balanced_order(targets, world_size=2)
+    s = ResumableSampler(fn, 50, 5, seed=3, rank=1, world_size=2)
     s.set_epoch(4)
     full = list(s)
     for k in range(0, 6):

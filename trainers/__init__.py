@@ -7,15 +7,20 @@
 From the shell: ``python -m trainers.train``, ``torchrun --nproc_per_node=N -m trainers.train`` or
 ``se-inject train``. See ``trainers/README.md``.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .config import TrainConfig, load_config
 from .errors import CheckpointError, ConfigError, DataError
+
+if TYPE_CHECKING:
+    from .trainer import RunResult
 
 __all__ = ["TrainConfig", "load_config", "train", "ConfigError", "CheckpointError", "DataError"]
 
 
-def train(cfg: TrainConfig):  # noqa: D103 - lazy import keeps `import trainers` light
-    from .trainer import train as _train
+def train(cfg: TrainConfig) -> "RunResult":
+    """Train as ``cfg`` says in this process (alone, or as one rank under torchrun); see :mod:`trainers.trainer`."""
+    from .trainer import train as _train  # torch.distributed, timm and the loop load only now
     return _train(cfg)
-
-
-train.__doc__ = "Train as ``cfg`` says (see :func:`trainers.trainer.train`)."

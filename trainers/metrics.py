@@ -4,7 +4,7 @@
     >>> w = MetricsWriter(tempfile.mkdtemp(), ema=False)
     >>> w.append({"epoch": 0, "train_loss": 0.5, "top1_err": 12.0})
     >>> print(summary_table([{"epoch": 0, "train_loss": 0.5, "top1_err": 12.0}]).splitlines()[0])
-    epoch  train_loss  val_loss  top1_err  top5_err        lr  img/s  time_s  peak_mb
+    epoch  train_loss  val_loss  top1_err  top5_err         lr  img/s  time_s  peak_mb
 
 Only rank 0 writes. On resume the files are rewritten from the checkpoint's history, so they hold
 exactly the epochs the resumed state has seen (no duplicate from a run killed after logging).
