@@ -144,3 +144,10 @@ def test_imagefolder_errors_name_the_directory(tmp_path):
     cfg = load_config(None, ["data.dataset=imagefolder", f"data.root={tmp_path}"])
     with pytest.raises(DataError, match=f"imagefolder: .*{tmp_path}"):
         build_data(cfg, 0, 1)
+
+
+def test_every_config_dataset_has_a_loader():
+    import typing
+    from trainers.config import DataConfig
+    from trainers.data.build import DATASETS
+    assert set(typing.get_args(typing.get_type_hints(DataConfig)["dataset"])) == set(DATASETS)

@@ -5,6 +5,7 @@ there (``(x - mean) / std`` on uint8 input, timm's fast path); labels as int64.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from .samplers import EvalSampler, ResumableSampler, class_balanced_order, rando
 from .synthetic import SyntheticImages
 from .transforms import PadCropFlip, SeededDataset, TensorResizedCropFlip
 
-__all__ = ["Data", "RawData", "load_datasets", "make_loaders", "build_data"]
+__all__ = ["Data", "RawData", "DATASETS", "load_datasets", "resolve_input", "make_loaders", "build_data"]
 
 
 @dataclass
@@ -54,18 +55,21 @@ class Data:
         return self.train_sampler.batches_per_epoch
 
 
-def load_datasets(cfg: TrainConfig) -> RawData:
-    """The training and validation sets of ``cfg.data`` (read from disk or generated; never downloaded)."""
-    d = cfg.data
-    if d.dataset == "fashion-mnist":
-        root = d.root or fashion_mnist.DEFAULT_ROOT
-        return RawData(fashion_mnist.FashionMNIST(root, True), fashion_mnist.FashionMNIST(root, False), 10, (1, 28, 28))
-    if d.dataset == "synthetic":
-        s = d.synthetic
-        return RawData(SyntheticImages(s.train_samples, s.num_classes, s.size, seed=cfg.run.seed),
-                       SyntheticImages(s.val_samples, s.num_classes, s.size, seed=cfg.run.seed + 1), s.num_classes,
-                       tuple(s.size))
+def _fashion_mnist(cfg: TrainConfig) -> RawData:
+    root = cfg.data.root or fashion_mnist.DEFAULT_ROOT
+    return RawData(fashion_mnist.FashionMNIST(root, True), fashion_mnist.FashionMNIST(root, False), 10, (1, 28, 28))
+
+
+def _synthetic(cfg: TrainConfig) -> RawData:
+    s = cfg.data.synthetic
+    return RawData(SyntheticImages(s.train_samples, s.num_classes, s.size, seed=cfg.run.seed),
+                   SyntheticImages(s.val_samples, s.num_classes, s.size, seed=cfg.run.seed + 1), s.num_classes,
+                   tuple(s.size))
+
+
+def _imagefolder(cfg: TrainConfig) -> RawData:
     from timm.data import create_dataset
+    d = cfg.data
     datasets = []
     for split in (d.train_split, d.val_split):
         try:
@@ -77,6 +81,19 @@ def load_datasets(cfg: TrainConfig) -> RawData:
             raise DataError(f"imagefolder: {d.root}/{split} holds no images; expected {d.root}/{split}/<class>/<image>")
         datasets.append(ds)
     return RawData(datasets[0], datasets[1], len(datasets[0].reader.class_to_idx), None)
+
+
+#: ``data.dataset`` -> loader of the (untransformed) training and validation sets.
+DATASETS: dict[str, Callable[[TrainConfig], RawData]] = {
+    "fashion-mnist": _fashion_mnist,
+    "imagefolder": _imagefolder,
+    "synthetic": _synthetic,
+}
+
+
+def load_datasets(cfg: TrainConfig) -> RawData:
+    """The training and validation sets of ``cfg.data`` (read from disk or generated; never downloaded)."""
+    return DATASETS[cfg.data.dataset](cfg)
 
 
 def _targets(ds: Any) -> torch.Tensor:
