@@ -49,11 +49,11 @@ def _per_element(count_input: bool):
 
 
 #: pooling counts its input's elements, scaling its output's (registered on top of torch's formulas).
-_EXTRA = {
-    aten.mean.dim: _per_element(True),
-    aten.amax.default: _per_element(True),
-    aten.mul.Tensor: _per_element(False),
-    aten.addcmul.default: _per_element(False),
+_EXTRA = {  # keyed by overload packet, as FlopCounterMode looks them up
+    aten.mean: _per_element(True),
+    aten.amax: _per_element(True),
+    aten.mul: _per_element(False),
+    aten.addcmul: _per_element(False),
 }
 
 

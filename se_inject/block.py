@@ -24,9 +24,9 @@ gate is at its steepest point, not saturated). The gate's range is ``(0, 2)``, s
 amplify a channel as well as suppress it.
 
 When the block sits at the end of a residual branch it can also perform the residual add:
-``se(x, shortcut)`` returns ``shortcut + x * gate`` in one ``torch.addcmul`` (same numbers as
-``x * gate + shortcut``: the sum of two floats does not depend on their order), which saves one
-pass over the feature map.
+``se(x, shortcut)`` returns ``shortcut + x * gate`` in one ``torch.addcmul``, which saves one
+pass over the feature map. It equals ``x * gate + shortcut`` up to the rounding of a fused
+multiply-add (about one ulp), and exactly when the gate is 1 (``init="identity"``).
 """
 from __future__ import annotations
 
@@ -105,12 +105,18 @@ class SqueezeExcite(nn.Module):
         self.gate = GATES[gate]()
         # 2 * sigmoid(0) == 1 exactly: the identity formulation (module docstring).
         self.gate_scale = 2.0 if init == "identity" else 1.0
+        # Set by the rewrite when `x` is a fresh tensor read by nothing else: without autograd the
+        # fused add may then write into it instead of allocating a new feature map.
+        self.reuse_input = False
+        #: the paper's name for this block (SE_<stage>_<block>, §6.3), set by se_inject.apply
+        self.label: str | None = None
         if init == "identity":
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, reduced={self.reduced}, layout={self.layout}, "
+        label = f"label={self.label}, " if self.label else ""
+        return (f"{label}channels={self.channels}, reduced={self.reduced}, layout={self.layout}, "
                 f"squeeze={self.squeeze}, gate={self.gate_name}, init={self.init}")
 
     def _spatial_dims(self, x: torch.Tensor) -> tuple[int, ...]:
@@ -135,13 +141,17 @@ class SqueezeExcite(nn.Module):
         g = self.gate(F.linear(h, w2.reshape(w2.shape[0], -1), self.fc2.bias))
         if self.gate_scale != 1.0:
             g = g * self.gate_scale
+        # indexing with None exports as Unsqueeze in both ONNX exporters (a reshape does not)
         if self.layout == "nchw":
-            return g.reshape(g.shape + (1,) * (x.dim() - 2))
-        return g.reshape(g.shape[:1] + (1,) * (x.dim() - 2) + g.shape[1:])
+            return g[(...,) + (None,) * (x.dim() - 2)]
+        return g[(slice(None),) + (None,) * (x.dim() - 2)]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``x * gate`` (Eq. 4), or ``residual + x * gate`` when the block ends a residual branch."""
         g = self.excitation(x)
         if residual is None:
             return x * g
+        if self.reuse_input and not torch.is_grad_enabled() and not torch.compiler.is_compiling() \
+                and not torch.jit.is_tracing() and x.shape == residual.shape:
+            return torch.addcmul(residual, x, g, out=x)
         return torch.addcmul(residual, x, g)

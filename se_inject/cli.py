@@ -20,6 +20,8 @@ from .errors import SEInjectError
 COMMANDS: dict[str, str] = {
     "plan": "se_inject.commands.plan",
     "apply": "se_inject.commands.apply",
+    "export": "se_inject.commands.export",
+    "backbones": "se_inject.commands.backbones",
     "train": "trainers.commands.train",
 }
 
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:  # `se-inject plan resnet50 | head`
+        sys.stderr.close()
+        return 0
     except SEInjectError as e:
         # Our errors are one line that says what to change: no traceback.
         print(f"se-inject {args.command}: {type(e).__name__}: {e}", file=sys.stderr)

@@ -21,7 +21,7 @@ from torch import nn
 
 from .accounting import count_macs, count_params, se_macs, se_params
 from .block import reduced_channels
-from .errors import PolicyError
+from .errors import PolicyError, TraceError
 from .policy import Policy, load_policy
 from .sites import Site, find_sites
 from .tracing import TracedModel, trace_model
@@ -195,6 +195,10 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
         policy = policy.replace(**overrides)
     _check_globs(policy, model)
     traced = trace_model(model, input_size)
+    if traced.graphs and not any(g.ok for g in traced.graphs.values()):
+        path, first = next(iter(traced.graphs.items()))
+        raise TraceError(f"{type(model).__name__}: {first.error} (module {path or '<model>'}; no module of it could be "
+                         "traced, even inside its children: make the data-dependent branch a submodule or use torch.cond)")
     sites = find_sites(traced)
     notes = list(traced.notes)
 

@@ -58,6 +58,7 @@ def _make_block(p: Placement, plan: Plan, like: torch.Tensor | None) -> SqueezeE
                        layout=p.site.layout, init=policy.init)
     if like is not None:
         se = se.to(device=like.device, dtype=like.dtype)
+    se.label = p.label
     return se
 
 
@@ -72,7 +73,20 @@ def _branch_user(graph_nodes: dict[str, fx.Node], x: fx.Node, add: fx.Node) -> f
     return add
 
 
-def _insert(graph: fx.Graph, nodes: dict[str, fx.Node], p: Placement) -> None:
+#: modules whose output is a new tensor (not a view of their input, nor returned twice).
+_FRESH_OUTPUT = (nn.modules.batchnorm._NormBase, nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)
+
+
+def _fresh(owner: nn.Module, x: fx.Node) -> bool:
+    """Whether the fused add may overwrite ``x`` in inference: a new tensor that only the SE reads."""
+    if x.op != "call_module" or len(x.users) != 1:
+        return False
+    m = owner.get_submodule(x.target)
+    return isinstance(m, _FRESH_OUTPUT) or type(m).__name__ in ("BatchNormAct2d", "GroupNormAct", "LayerNormAct2d")
+
+
+def _insert(graph: fx.Graph, nodes: dict[str, fx.Node], p: Placement, owner: nn.Module,
+            block: SqueezeExcite) -> None:
     x = nodes[p.site.node]
     add = nodes.get(p.site.fuse) if p.site.fuse else None
     if p.fused and add is not None:
@@ -85,6 +99,7 @@ def _insert(graph: fx.Graph, nodes: dict[str, fx.Node], p: Placement) -> None:
         for dead in _chain(branch) if branch is not x else ():  # identity tail (DropPath(0.), Identity)
             if not dead.users and dead is not x:
                 graph.erase_node(dead)
+        block.reuse_input = _fresh(owner, x)
         return
     with graph.inserting_after(x):
         se_node = graph.call_module(p.name, (x,))
@@ -136,7 +151,7 @@ def _build_owner(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> Ow
         blocks[p.name] = _make_block(p, plan, like)
         src = nodes[p.site.node]
         after[p.name] = src.target.split(".")[0] if src.op == "call_module" else None
-        _insert(graph, nodes, p)
+        _insert(graph, nodes, p, mg.module, blocks[p.name])
     graph.lint()
     return OwnerGraphModule.build(mg.module, graph, _children(mg.module, blocks, after))
 

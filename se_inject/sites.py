@@ -219,14 +219,24 @@ class _Owner:
         up = nx.ancestors(self.dag, end)
         return {n for n in (down & up) if isinstance(n, fx.Node)} | {end}
 
-    def depth(self, fork: object, end: fx.Node) -> int:
-        """Most learned layers met on one path fork -> end."""
+    def depth(self, fork: object, end: fx.Node, shared: set[fx.Node] = frozenset()) -> int:
+        """Most learned layers met on one path fork -> end, not counting the ``shared`` nodes."""
         region = self.region(fork, end)
         best: dict[fx.Node, int] = {}
         for n in sorted(region, key=self.index.__getitem__):
             preds = [best[p] for p in n.all_input_nodes if p in best]
-            best[n] = self.convs(n) + (max(preds) if preds else 0)
+            best[n] = (0 if n in shared else self.convs(n)) + (max(preds) if preds else 0)
         return best.get(end, 0)
+
+    def own_depths(self, fork: object, ends: list[fx.Node]) -> list[int]:
+        """Each branch's depth in learned layers of its own: compute that two branches share (the
+        qkv projection feeding both terms of a rotary embedding) makes them no parallel branches."""
+        regions = [self.region(fork, e) for e in ends]
+        out = []
+        for i, e in enumerate(ends):
+            shared = set().union(*(r for j, r in enumerate(regions) if j != i)) if len(ends) > 1 else set()
+            out.append(self.depth(fork, e, shared))
+        return out
 
     def skip_back(self, n: fx.Node) -> fx.Node:
         """From a branch's output, step back over trailing drop-path / dropout / scalar scaling."""
@@ -378,7 +388,7 @@ class _Finder:
             if len(terms) < 2 or any(o.shape(t) != shape for t in terms) or not all(o.data_fed(t) for t in terms):
                 continue  # x + pos_embed, a broadcast bias, a scalar: not a residual join
             fork = o.idom[n]
-            depths = [o.depth(fork, t) for t in terms]
+            depths = o.own_depths(fork, terms)
             deepest = max(depths)
             if deepest == 0:
                 continue
@@ -431,14 +441,15 @@ class _Finder:
             depths = [o.depth(fork, i) for i in inputs]
             carried = any(d == 0 and o.is_carried(fork, i) for i, d in zip(inputs, depths))
             learned = sum(d > 0 for d in depths)
+            parallel = sum(d > 0 for d in o.own_depths(fork, inputs))
             gated = user is not None and o.is_gate(user)
             status = "already gated" if gated else "ok"
             covered_by = self.covered.get(n)  # on a residual branch (Inception-ResNet): that site may gate it
             if carried and learned >= 1:
                 self.add_site("concat", n, status=status, detail=f"{len(inputs)} inputs, input carried forward",
                               channel_dim=dim, covered_by=covered_by)
-            elif learned >= 2:
-                self.add_site("inception", n, status=status, detail=f"{len(inputs)} branches, {learned} learned",
+            elif parallel >= 2:
+                self.add_site("inception", n, status=status, detail=f"{len(inputs)} branches, {parallel} learned",
                               channel_dim=dim, covered_by=covered_by)
 
     def convs(self) -> None:

@@ -356,15 +356,39 @@ def _trace_owner(path: str, module: nn.Module, call: Call | None) -> ModuleGraph
     return mg
 
 
+def _reads_training(cls: type) -> bool:
+    """Whether any method defined by ``cls`` (below nn.Module) reads an attribute named ``training``."""
+    cached = _READS_TRAINING.get(cls)
+    if cached is None:
+        codes = []
+        for klass in cls.__mro__:
+            if klass in (nn.Module, object) or klass.__module__.startswith("torch.nn"):
+                continue
+            for fn in vars(klass).values():
+                fn = getattr(fn, "__func__", fn)
+                if hasattr(fn, "__code__"):
+                    codes.append(fn.__code__)
+        stack, cached = codes, False
+        while stack and not cached:  # nested functions and comprehensions too
+            code = stack.pop()
+            cached = "training" in code.co_names
+            stack += [c for c in code.co_consts if hasattr(c, "co_names")]
+        _READS_TRAINING[cls] = cached
+    return cached
+
+
+_READS_TRAINING: dict[type, bool] = {}
+
+
 def is_mode_dependent(mg: ModuleGraph) -> bool:
     """Whether ``mg``'s forward traces differently in train() and eval() (``if self.training``):
-    a graph rewritten from one mode would then be wrong in the other. Checked only for owners that
-    get an SE, since it costs two more traces."""
-    with _owner_mode(mg.module, True):
-        train_graph = trace_module(mg.module, mg.call)
-    with _owner_mode(mg.module, False):
-        eval_graph = trace_module(mg.module, mg.call)
-    return not _same_graph(train_graph, eval_graph)
+    a graph rewritten from one mode would then be wrong in the other. Only classes whose code reads
+    ``training`` are traced again, in the other mode."""
+    if not _reads_training(type(mg.module)):
+        return False
+    with _owner_mode(mg.module, not mg.module.training):
+        other = trace_module(mg.module, mg.call)
+    return not _same_graph(mg.graph, other)
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,0 +1,355 @@
+"""Zoo sweep: se_inject over every timm model (issue: any timm model).
+
+For each name in ``timm.list_models()`` (in a pool of worker processes, resumable: names already in
+the results file are skipped), one JSON line with: sites by kind, skipped sites by reason, params
+added, plan/apply time, forward/backward ok, output shape unchanged, ONNX export + onnxruntime
+parity of the original and of the rewritten model, and the error class/message of any failure.
+Then ``zoo.md``: totals, a per-family table (family = timm's model module) and failures by cause.
+
+    python benchmarks/zoo.py --plan-only                  # planning alone, meta device (< 20 min)
+    python benchmarks/zoo.py --jobs 2                      # everything (hours on 2 cores)
+    python benchmarks/zoo.py --report-only                 # rebuild zoo.md from the JSON lines
+
+Planning runs on a meta-device model (no weights). The full run builds the real model
+(``pretrained=False``), applies SE, runs forward + backward at a small input size where the model
+accepts one (else its ``pretrained_cfg`` size), and exports original and rewritten to ONNX.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import fnmatch
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+SMALL_SIDE = 96          # forward/export input side when the model accepts it
+MAX_EXPORT_PARAMS = 400e6  # bigger models are not exported in the sweep (time and memory on 2 cores)
+STRUCTURE = {"residual", "multibranch", "inception"}  # site kinds that make a net "residual or Inception"
+
+
+class Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Timeout("timed out")
+
+
+def _family(name: str) -> str:
+    import timm.models._registry as reg
+    module = reg._model_to_module.get(name, "")
+    return module.rsplit(".", 1)[-1] or name.split("_")[0]
+
+
+def _err(stage: str, e: BaseException) -> dict[str, Any]:
+    msg = str(e).strip().splitlines()
+    return {"error_stage": stage, "error_class": type(e).__name__, "error": (msg[0] if msg else "")[:300]}
+
+
+def _sizes(model) -> list[tuple[int, ...]]:
+    from se_inject.tracing import default_input_size
+    c, h, w = default_input_size(model)
+    small = (c, SMALL_SIDE, SMALL_SIDE) if min(h, w) > SMALL_SIDE else None
+    return [s for s in (small, (c, h, w)) if s]
+
+
+def plan_one(name: str) -> dict[str, Any]:
+    import timm
+    import torch
+
+    import se_inject
+    out: dict[str, Any] = {"name": name, "family": _family(name)}
+    t0 = time.perf_counter()
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+    except Exception as e:
+        out.update(_err("create", e))
+        return out
+    out["params"] = sum(p.numel() for p in model.parameters())
+    out["has_conv"] = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    try:
+        t1 = time.perf_counter()
+        plan = se_inject.plan(model, count_flops=False)
+        out["plan_s"] = round(time.perf_counter() - t1, 3)
+    except Exception as e:
+        out.update(_err("plan", e))
+        out["traceback"] = traceback.format_exc()[-1500:]
+        return out
+    out["se"] = len(plan.placements)
+    out["sites"] = plan.by_kind()
+    out["skipped"] = plan.skipped_by_reason()
+    out["params_added"] = plan.params_added
+    out["found_kinds"] = sorted({s.site.kind for s in plan.skipped} | set(plan.by_kind()))
+    # a conv net with residual/Inception structure: such a site on a feature map, placed or not
+    sites = [p.site for p in plan.placements] + [s.site for s in plan.skipped]
+    out["map_structure"] = any(s.kind in STRUCTURE and s.layout in ("nchw", "nhwc") for s in sites)
+    out["gated_structure"] = any(s.reason == "already gated" for s in plan.skipped)
+    out["untraced"] = sum(1 for g in plan.traced.graphs.values() if not g.ok)
+    out["create_plan_s"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def _export(model, path: Path, size) -> dict[str, Any]:
+    import se_inject
+    report = se_inject.export_onnx(model, path, input_size=size, second_batch=2)
+    path.unlink(missing_ok=True)
+    Path(str(path) + ".data").unlink(missing_ok=True)
+    return {"exporter": report.exporter, "rel_diff": report.max_rel_diff}
+
+
+def full_one(name: str, export: bool) -> dict[str, Any]:
+    import timm
+    import torch
+
+    import se_inject
+    out = plan_one(name)
+    if "error" in out:
+        return out
+    torch.manual_seed(0)
+    try:
+        model = timm.create_model(name, pretrained=False).eval()
+    except Exception as e:
+        out.update(_err("create_real", e))
+        return out
+    try:
+        t0 = time.perf_counter()
+        se_model = se_inject.apply(model)
+        out["apply_s"] = round(time.perf_counter() - t0, 3)
+    except Exception as e:
+        out.update(_err("apply", e))
+        out["traceback"] = traceback.format_exc()[-1500:]
+        return out
+    out["se_applied"] = sum(isinstance(m, se_inject.SqueezeExcite) for m in se_model.modules())
+    if not out["se_applied"]:
+        return out  # nothing was rewritten: the model is the original
+    size = None
+    for candidate in _sizes(model):
+        try:
+            with torch.no_grad():
+                ref = model(torch.randn(1, *candidate))
+            size = candidate
+            break
+        except Exception as e:
+            out["size_note"] = f"{candidate}: {type(e).__name__}"
+    if size is None:
+        out.update({"error_stage": "forward_original", "error_class": "InputSize", "error": out.get("size_note", "")})
+        return out
+    out["input_size"] = list(size)
+    try:
+        x = torch.randn(2, *size)
+        with torch.no_grad():
+            ref, got = model(x), se_model(x)
+        shapes = lambda t: [tuple(v.shape) for v in (t if isinstance(t, (tuple, list)) else [t])]
+        out["shape_ok"] = shapes(ref) == shapes(got)
+        out["forward_ok"] = True
+        se_model.train()
+        y = se_model(x)
+        loss = sum(v.float().mean() for v in (y if isinstance(y, (tuple, list)) else [y]))
+        loss.backward()
+        out["backward_ok"] = True
+        se_model.eval().zero_grad(set_to_none=True)
+    except Exception as e:
+        out.update(_err("forward_backward", e))
+        out["forward_ok"] = out.get("forward_ok", False)
+        out["backward_ok"] = False
+        return out
+    if not export:
+        return out
+    if out["params"] > MAX_EXPORT_PARAMS:
+        out["export_skipped"] = f"over {MAX_EXPORT_PARAMS / 1e6:.0f} M parameters"
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            out["orig_export"] = _export(model, Path(tmp) / "orig.onnx", size)
+            out["orig_export_ok"] = True
+        except Exception as e:
+            out["orig_export_ok"] = False
+            out["orig_export_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        if out["se_applied"]:
+            try:
+                out["se_export"] = _export(se_model, Path(tmp) / "se.onnx", size)
+                out["se_export_ok"] = True
+            except Exception as e:
+                out["se_export_ok"] = False
+                out["se_export_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    return out
+
+
+def _worker(args: tuple[str, bool, bool, int]) -> dict[str, Any]:
+    name, plan_only, export, timeout = args
+    import torch
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(timeout)
+    t0 = time.perf_counter()
+    try:
+        out = plan_one(name) if plan_only else full_one(name, export)
+    except Timeout:
+        out = {"name": name, "family": _family(name), "error_stage": "timeout", "error_class": "Timeout",
+               "error": f"over {timeout} s"}
+    except BaseException as e:  # a worker must report, never die silently
+        out = {"name": name, "family": _family(name), **_err("worker", e)}
+    finally:
+        signal.alarm(0)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    out["mode"] = "plan" if plan_only else ("full" if export else "forward")
+    return out
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: bool, timeout: int) -> None:
+    done = set()
+    if results.exists():
+        for line in results.read_text().splitlines():
+            if line.strip():
+                done.add(json.loads(line)["name"])
+    todo = [n for n in names if n not in done]
+    print(f"{len(names)} models, {len(done & set(names))} already in {results.name}, {len(todo)} to run", flush=True)
+    commit = _commit()
+    ctx = mp.get_context("forkserver")
+    t0 = time.perf_counter()
+    with ctx.Pool(jobs, maxtasksperchild=1 if not plan_only else 40) as pool, results.open("a") as f:
+        for i, out in enumerate(pool.imap_unordered(_worker, [(n, plan_only, export, timeout) for n in todo]), 1):
+            out["commit"] = commit
+            f.write(json.dumps(out) + "\n")
+            f.flush()
+            status = out.get("error_class") or f"se={out.get('se')}"
+            print(f"[{i}/{len(todo)} {time.perf_counter() - t0:.0f}s] {out['name']}: {status}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------- report
+
+def _pct(a: int, b: int) -> str:
+    return f"{a}/{b} ({100 * a / b:.1f}%)" if b else f"{a}/0"
+
+
+
+def report(results: Path, out: Path, plan_results: Path | None, argv: list[str]) -> str:
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    by_name = {r["name"]: r for r in rows}
+    rows = list(by_name.values())
+    full = any(r.get("mode") == "full" for r in rows)
+    created = [r for r in rows if r.get("error_stage") not in ("create",)]
+    raised = [r for r in created if r.get("error_stage") in ("plan", "apply", "worker")]
+    with_se = [r for r in created if (r.get("se_applied") if full else r.get("se"))]
+    no_site = [r for r in created if not r.get("error_stage") and not r.get("se")]
+    structured = [r for r in created if r.get("map_structure")]
+    eligible = [r for r in structured if not (r.get("gated_structure") and not r.get("se"))]
+    eligible_se = [r for r in eligible if r.get("se")]
+    lines = [
+        "# se-inject over the timm zoo", "",
+        f"- timm {__import__('timm').__version__}, torch {__import__('torch').__version__}; commit {sorted({r.get('commit', '?') for r in rows})}; "
+        f"{datetime.date.today()}; {platform.machine()}, {os.cpu_count()} cores",
+        f"- command: `python benchmarks/zoo.py {' '.join(argv)}`",
+        f"- mode: {'full (create, plan, apply, forward, backward, ONNX export of original and rewritten)' if full else 'planning only, on the meta device'}",
+        "",
+        "## Totals", "",
+        f"- models: {len(rows)} ({len(rows) - len(created)} could not be created with pretrained=False)",
+        f"- plan/apply raised: {len(raised)}",
+        f"- SE inserted: {_pct(len(with_se), len(created))}; no eligible site (clean 'no site' plans): {len(no_site)}",
+        f"- conv nets with residual/multibranch/Inception structure (such a site on a feature map): {len(structured)}; of those not already "
+        f"gated everywhere (SE/ECA/split-attention blocks built in): {len(eligible)}; SE inserted in {_pct(len(eligible_se), len(eligible))}",
+    ]
+    if full:
+        fwd = [r for r in with_se if r.get("forward_ok")]
+        bwd = [r for r in with_se if r.get("backward_ok")]
+        shape = [r for r in with_se if r.get("shape_ok")]
+        orig_attempted = [r for r in with_se if "orig_export_ok" in r]
+        orig_ok = [r for r in orig_attempted if r["orig_export_ok"]]
+        se_ok = [r for r in orig_ok if r.get("se_export_ok")]
+        lines += [
+            f"- rewritten models: forward ok {_pct(len(fwd), len(with_se))}, backward ok {_pct(len(bwd), len(with_se))}, "
+            f"output shapes unchanged {_pct(len(shape), len(with_se))}",
+            f"- ONNX: original exports + ORT parity {_pct(len(orig_ok), len(orig_attempted))} of rewritten models' originals "
+            f"tried ({len(with_se) - len(orig_attempted)} not tried: over {MAX_EXPORT_PARAMS / 1e6:.0f} M params or failed earlier); "
+            f"of those, rewritten exports + parity {_pct(len(se_ok), len(orig_ok))}",
+        ]
+        secs = sorted(r["apply_s"] for r in rows if "apply_s" in r)
+        if secs:
+            lines.append(f"- apply time: median {secs[len(secs) // 2]:.2f} s, max {secs[-1]:.1f} s")
+    else:
+        secs = sorted(r.get("create_plan_s", 0) for r in rows)
+        lines.append(f"- create (meta) + plan: median {secs[len(secs) // 2]:.2f} s, max {secs[-1]:.1f} s, "
+                     f"sum {sum(r.get('seconds', 0) for r in rows) / 60:.1f} min of worker time")
+    kinds = collections.Counter()
+    for r in rows:
+        kinds.update(r.get("sites", {}))
+    lines += ["- SE blocks by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()), ""]
+
+    lines += ["## Per family", "", "family = timm's model module", "",
+              "| family | models | with SE | no site | errors | SE blocks | example |", "|---|---|---|---|---|---|---|"]
+    fam: dict[str, list[dict]] = collections.defaultdict(list)
+    for r in rows:
+        fam[r.get("family", "?")].append(r)
+    for f, rs in sorted(fam.items()):
+        se = sum(1 for r in rs if r.get("se"))
+        err = sum(1 for r in rs if r.get("error_stage"))
+        blocks = sum(r.get("se", 0) or 0 for r in rs)
+        lines.append(f"| {f} | {len(rs)} | {se} | {len(rs) - se - err} | {err} | {blocks} | {rs[0]['name']} |")
+    lines += ["", "## Why models got no SE", ""]
+    why = collections.Counter()
+    for r in no_site:
+        reasons = r.get("skipped") or {}
+        why[max(reasons, key=reasons.get) if reasons else "no site found"] += 1
+    lines += [f"- {n}: {reason}" for reason, n in why.most_common()]
+    lines += ["", "## Failures by cause", ""]
+    causes: dict[str, list[str]] = collections.defaultdict(list)
+    for r in rows:
+        if r.get("error_stage"):
+            causes[f"{r['error_stage']}: {r.get('error_class')}: {r.get('error', '')[:120]}"].append(r["name"])
+        for key in ("orig_export_error", "se_export_error"):
+            if r.get(key):
+                causes[f"{key.split('_')[0]} export: {r[key][:120]}"].append(r["name"])
+    for cause, names in sorted(causes.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"- **{len(names)}** {cause}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+    text = "\n".join(lines) + "\n"
+    out.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plan-only", action="store_true", help="meta-device planning only")
+    ap.add_argument("--no-export", action="store_true", help="full run without ONNX export")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--filter", default="*", help="glob over model names")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    ap.add_argument("--results", type=Path, default=None)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    import timm
+    names = [n for n in timm.list_models() if fnmatch.fnmatchcase(n, args.filter)][: args.limit]
+    stem = "zoo_plan" if args.plan_only else "zoo"
+    results = args.results or RESULTS / f"{stem}.jsonl"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        sweep(names, results, args.jobs, args.plan_only, not args.no_export, args.timeout)
+    print(report(results, results.with_suffix(".md"), None, argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""``se-inject apply MODEL -o out.pt``: rewrite a backbone and save it (whole model, or weights)."""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from ._models import add_model_arguments, build_model, policy_overrides
+
+HELP = "insert SE blocks into a backbone and save the model (.pt, torch.save) or its weights (.safetensors)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="out.pt (the whole model: torch.load(path, weights_only=False)) "
+                   "or out.safetensors (weights only)")
+
+
+def _check_writable(path: Path) -> None:
+    from se_inject.errors import SEInjectError
+    directory = path.parent
+    if not directory.is_dir():
+        raise SEInjectError(f"{path}: directory {directory} does not exist; create it or choose another -o")
+    if not os.access(directory, os.W_OK):
+        raise SEInjectError(f"{path}: directory {directory} is not writable; choose another -o")
+
+
+def _save_atomically(path: Path, write) -> None:
+    """Write through a temporary file in the same directory, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import se_inject
+    out = Path(args.output)
+    _check_writable(out)
+    model = build_model(args)
+    plan = se_inject.plan(model, args.policy, input_size=args.input_size, count_flops=False, **policy_overrides(args))
+    model = se_inject.apply(model, plan.policy, input_size=args.input_size, inplace=True)
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        _save_atomically(out, lambda tmp: save_file(state, tmp))
+    else:
+        _save_atomically(out, lambda tmp: torch.save(model, tmp))
+    print(plan)
+    print(f"saved {type(model).__name__} with {len(plan.placements)} SE blocks to {out}")
+    return 0

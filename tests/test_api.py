@@ -1,0 +1,192 @@
+"""se_inject.apply / plan end to end: golden equivalence with timm's hand-written SE nets."""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+import se_inject
+from se_inject import PolicyError, SqueezeExcite, TraceError
+from conftest import state_equal
+
+
+@pytest.mark.parametrize("plain,hand_written,overrides", [
+    ("resnet50", "seresnet50", {}),
+    ("resnext50_32x4d", "seresnext50_32x4d", {}),
+    ("resnet18", "seresnet18", {"divisor": 8}),
+])
+def test_apply_equals_timm_se_variant(timm_model, plain, hand_written, overrides):
+    ours = se_inject.apply(timm_model(plain), r=16, **overrides)
+    ref = timm_model(hand_written)
+    shapes = lambda m: [(k, tuple(v.shape)) for k, v in m.state_dict().items()]
+    assert shapes(ours) == shapes(ref)          # same names, same shapes, same order
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() <= 1e-5
+
+
+def test_input_model_untouched_unless_inplace(timm_model):
+    model = timm_model("resnet18")
+    before = copy.deepcopy(model)
+    out = se_inject.apply(model)
+    assert out is not model and state_equal(model, before)
+    assert type(model.layer1[0]).__name__ == "BasicBlock" and not hasattr(model.layer1[0], "code")
+    same = se_inject.apply(model, inplace=True)
+    assert same is model and "layer1.0.se.fc1.weight" in model.state_dict()
+
+
+def test_class_and_timm_methods_kept(timm_model):
+    model = se_inject.apply(timm_model("resnet50"))
+    assert type(model).__name__ == "ResNet" and model.pretrained_cfg["architecture"] == "resnet50"
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (1, 2048, 3, 3)
+        assert model.forward_head(feats).shape == (1, 1000)
+    model.reset_classifier(7)
+    with torch.no_grad():
+        assert model(x).shape == (1, 7)
+    block = model.layer1[0]
+    assert type(block).__name__ == "Bottleneck"
+    assert se_inject.graph_module.original_class_name(block) == "timm.models.resnet.Bottleneck"
+
+
+def test_every_original_parameter_keeps_name_and_value(timm_model):
+    model = timm_model("inception_v3")
+    out = se_inject.apply(model)
+    original, new = model.state_dict(), out.state_dict()
+    assert all(torch.equal(original[k], new[k]) for k in original)
+    added = [k for k in new if k not in original]
+    assert added and all(".se." in k for k in added)
+
+
+def test_apply_twice_inserts_nothing(timm_model):
+    once = se_inject.apply(timm_model("resnet50"))
+    twice = se_inject.apply(once)
+    assert list(twice.state_dict()) == list(once.state_dict())
+    plan = se_inject.plan(once)
+    assert not plan.placements and plan.skipped_by_reason() == {"already gated": 16}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "inception_v3", "inception_resnet_v2", "vgg11_bn", "convnext_tiny",
+                                  "repvgg_a2", "densenet121", "dpn68", "regnetx_002"])
+def test_identity_init_keeps_outputs(timm_model, name):
+    model = timm_model(name)
+    out = se_inject.apply(model, init="identity")
+    assert sum(isinstance(m, SqueezeExcite) for m in out.modules()) > 0
+    x = torch.randn(2, 3, 128, 128)  # planned at the model's own size, checked at a cheaper one
+    with torch.no_grad():
+        assert (out(x) - model(x)).abs().max() <= 1e-6
+
+
+def test_deepcopy_pickle_save_and_train(timm_model, tmp_path):
+    torch.manual_seed(0)
+    # zero_init_last=False: timm zeroes each branch's last BN weight, which keeps SE gradients at 0
+    model = se_inject.apply(timm_model("resnet18", zero_init_last=False))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    path = tmp_path / "m.pt"
+    torch.save(model, path)
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model)), torch.load(path, weights_only=False)):
+        other.eval()
+        assert list(other.state_dict()) == list(model.state_dict())
+        assert type(other.layer1[0]).__name__ == "BasicBlock"
+        with torch.no_grad():
+            assert torch.equal(other(x), ref)
+    # trains: SE weights get gradients and the loss goes down
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    target = torch.tensor([1, 2])
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        ses = [m for m in model.modules() if isinstance(m, SqueezeExcite)]
+        assert all(se.fc2.bias.grad.abs().sum() > 0 for se in ses)
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_runs_under_torch_compile(timm_model):
+    model = se_inject.apply(timm_model("resnet10t"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model)(x)
+    assert (compiled - eager).abs().max() <= 1e-4
+
+
+def test_bad_policy_leaves_model_untouched(timm_model, tmp_path):
+    model = timm_model("resnet18")
+    before = copy.deepcopy(model)
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("rr: 16\n")
+    with pytest.raises(PolicyError, match=r"policy.yaml: key 'rr' is not a policy key \(did you mean 'r'\?\)"):
+        se_inject.apply(model, str(bad), inplace=True)
+    with pytest.raises(PolicyError, match=r"key 'include': glob 'layer9.\*' matches no module of ResNet \(module paths look like"):
+        se_inject.apply(model, include=["layer9.*"], inplace=True)
+    with pytest.raises(PolicyError, match="key 'r' must be a number > 0"):
+        se_inject.apply(model, r=0, inplace=True)
+    assert state_equal(model, before) and type(model.layer1[0]) is type(before.layer1[0])
+
+
+def test_failed_rewrite_restores_the_model(timm_model, monkeypatch):
+    model = timm_model("resnet18")
+    before = copy.deepcopy(model)
+    import se_inject.rewrite as rw
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated failure after the swap")
+    monkeypatch.setattr(rw, "_check_forward", broken)
+    with pytest.raises(TraceError, match="the model was restored"):
+        se_inject.apply(model, inplace=True)
+    assert state_equal(model, before) and type(model.layer1[0]) is type(before.layer1[0])
+
+
+class ValueBranch(torch.nn.Module):
+    """Branches on tensor values: fx cannot trace it."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y + x if y.mean() > 0 and y.shape == x.shape else y
+
+
+class Untraceable(torch.nn.Module):
+    """Every module that owns weights branches on tensor values: nothing fx can read."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ValueBranch(3, 8)
+        self.body = ValueBranch(8, 8)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.body(y) if y.sum() != 0 else y
+
+
+def test_untraceable_model_names_module_and_reason():
+    model = Untraceable()
+    with pytest.raises(TraceError, match=r"Untraceable: fx cannot trace Untraceable.forward: .*control flow"):
+        se_inject.apply(model, input_size=(3, 8, 8))
+
+
+def test_vit_plan_says_why_and_what_to_set(timm_model):
+    model = timm_model("vit_tiny_patch16_224")
+    plan = se_inject.plan(model)
+    assert not plan.placements
+    assert "token layout (B, N, C): add nlc to the policy's layouts" in str(plan)
+    gated = se_inject.apply(model, layouts=["nchw", "nhwc", "nlc"], init="identity")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert (gated(x) - model(x)).abs().max() <= 1e-6
+    assert sum(isinstance(m, SqueezeExcite) for m in gated.modules()) == 24

@@ -1,0 +1,51 @@
+"""se_inject.cli: the commands as users type them (in-process, through main())."""
+import subprocess
+import sys
+
+import torch
+
+from se_inject.cli import main
+
+
+def test_plan_prints_table_and_totals(capsys):
+    assert main(["plan", "resnet50", "--r", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "SE_5_3  residual  layer4.2" in out and "(+2,530,992, +9.90%)" in out
+
+
+def test_plan_with_policy_and_set(capsys):
+    assert main(["plan", "resnet50", "--policy", "paper-no-last-stage", "--set", "exclude=[layer1.*]"]) == 0
+    assert "10 SE blocks" in capsys.readouterr().out
+
+
+def test_bad_override_is_one_line_exit_2(capsys):
+    assert main(["plan", "resnet18", "--set", "rr=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "se-inject plan: PolicyError: paper: keyword override 'rr' is not a policy key (did you mean 'r'?)"
+
+
+def test_unknown_model(capsys):
+    assert main(["plan", "resnet5O"]) == 2
+    assert "unknown backbone 'resnet5O' (did you mean 'resnet50'?)" in capsys.readouterr().err
+
+
+def test_apply_saves_model_and_weights(tmp_path, capsys):
+    out = tmp_path / "se_resnet18.pt"
+    assert main(["apply", "resnet18", "--divisor", "8", "-o", str(out)]) == 0
+    model = torch.load(out, weights_only=False)
+    assert type(model).__name__ == "ResNet" and "layer1.0.se.fc1.weight" in model.state_dict()
+    weights = tmp_path / "w.safetensors"
+    assert main(["apply", "resnet18", "-o", str(weights)]) == 0
+    from safetensors.torch import load_file
+    assert "layer4.1.se.fc2.bias" in load_file(weights)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+def test_apply_to_missing_directory_fails_before_work(tmp_path, capsys):
+    assert main(["apply", "resnet18", "-o", str(tmp_path / "nope" / "m.pt")]) == 2
+    assert "does not exist; create it or choose another -o" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "se_inject.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "plan" in out.stdout and "apply" in out.stdout

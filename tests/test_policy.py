@@ -1,0 +1,81 @@
+"""se_inject.policy: validation, presets, YAML, overrides. Errors are one line naming file and key."""
+import pytest
+import yaml
+
+from se_inject import PolicyError, Policy, list_presets, load_policy
+from se_inject.policy import SCHEMA, policy_reference
+
+
+def test_presets_ship_and_load():
+    assert {"paper", "paper-no-last-stage", "every-conv", "inception"} <= set(list_presets())
+    for name in list_presets():
+        assert load_policy(name).source == name
+    assert load_policy(None) == load_policy("paper") == Policy()
+
+
+def test_base_inherits_and_overrides(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("base: paper-no-last-stage\nr: 8\nr_per_stage: {4: 32}\nr_by_path: {'layer1.*': 4}\n")
+    p = load_policy(f)
+    assert (p.r, p.skip_last_stage, p.r_for("layer3.0", 4), p.r_for("layer1.2", 2), p.r_for("layer2.0", 3)) == (8, True, 32, 4, 8)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    p = load_policy("every-conv").replace(r=4, exclude=["stem*"])
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(p.to_dict()))
+    assert load_policy(f) == p
+
+
+def test_replace_validates():
+    assert load_policy().replace(r=8, divisor=8).divisor == 8
+    with pytest.raises(PolicyError, match=r"keyword override 'rr' is not a policy key \(did you mean 'r'\?\)"):
+        load_policy().replace(rr=8)
+    with pytest.raises(PolicyError, match="key 'r' must be a number > 0, got -1"):
+        load_policy().replace(r=-1)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("rr: 16\n", r"bad.yaml: key 'rr' is not a policy key \(did you mean 'r'\?\)"),
+    ("r: sixteen\n", r"bad.yaml: key 'r' must be a number > 0, got 'sixteen' \(str\)"),
+    ("r: 0\n", r"bad.yaml: key 'r' must be a number > 0, got 0 \(int\)"),
+    ("r: -2.5\n", r"bad.yaml: key 'r' must be a number > 0"),
+    ("skip_last_stage: yes please\n", r"bad.yaml: key 'skip_last_stage' must be true or false"),
+    ("kinds: [residual, inceptoin]\n", r"bad.yaml: key 'kinds' must be one of .*got 'inceptoin' \(did you mean 'inception'\?\)"),
+    ("gate: softmax\n", r"bad.yaml: key 'gate' must be one of sigmoid, hard_sigmoid"),
+    ("r_per_stage: [1, 2]\n", r"bad.yaml: key 'r_per_stage' must be a mapping stage -> r"),
+    ("divisor: 2.5\n", r"bad.yaml: key 'divisor' must be an integer >= 1"),
+    ("- r: 16\n", r"bad.yaml: a policy is a YAML mapping of keys .* got a list"),
+    ("r: [16\n", r"bad.yaml: not valid YAML"),
+    ("base: nope\n", r"nope: not a preset"),
+])
+def test_bad_files_name_file_and_key(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(PolicyError, match=message) as info:
+        load_policy(f)
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_and_unknown_names(tmp_path):
+    with pytest.raises(PolicyError, match="missing.yaml: cannot read the policy file: No such file"):
+        load_policy(tmp_path / "missing.yaml")
+    with pytest.raises(PolicyError, match=r"papr: not a preset .* \(did you mean 'paper'\?\)"):
+        load_policy("papr")
+    directory = tmp_path / "dir.yaml"
+    directory.mkdir()
+    with pytest.raises(PolicyError, match="dir.yaml: cannot read the policy file"):
+        load_policy(directory)
+
+
+def test_reference_lists_every_key():
+    ref = policy_reference()
+    for key in SCHEMA:
+        assert f"`{key}`" in ref
+
+
+def test_readme_reference_is_generated_from_the_schema():
+    """The README's policy table is the generated one: docs cannot drift from the code."""
+    from pathlib import Path
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert policy_reference() in readme

@@ -1,0 +1,80 @@
+"""se_inject.sites: site kinds found over real timm models (policy-free)."""
+from collections import Counter
+
+import pytest
+
+from se_inject.sites import find_sites
+from se_inject.tracing import trace_model
+
+
+def sites_of(model):
+    return find_sites(trace_model(model))
+
+
+def ok_kinds(sites):
+    return dict(Counter(s.kind for s in sites if s.status == "ok"))
+
+
+@pytest.mark.parametrize("name,kind,count", [
+    ("resnet50", "residual", 16),
+    ("resnext50_32x4d", "residual", 16),
+    ("inception_v3", "inception", 11),
+    ("inception_resnet_v2", "residual", 40),
+    ("repvgg_a2", "multibranch", 22),
+    ("convnext_tiny", "residual", 18),
+    ("densenet121", "concat", 4),
+])
+def test_site_counts(timm_model, name, kind, count):
+    assert ok_kinds(sites_of(timm_model(name))).get(kind) == count
+
+
+def test_resnet_residual_site_is_bn3_before_the_add(timm_model):
+    site = next(s for s in sites_of(timm_model("resnet50")) if s.kind == "residual")
+    assert (site.path, site.node, site.channels, site.layout, site.spatial, site.stage, site.fuse) == (
+        "layer1.0", "bn3", 256, "nchw", (56, 56), 2, "add")
+    assert site.detail == "shortcut: downsample"
+
+
+def test_stages_follow_the_paper(timm_model):
+    stages = Counter(s.stage for s in sites_of(timm_model("resnet50")) if s.kind == "residual")
+    assert stages == {2: 3, 3: 4, 4: 6, 5: 3}  # Table 1: conv2_x .. conv5_x
+
+
+def test_inception_sites_are_the_module_concats(timm_model):
+    sites = [s for s in sites_of(timm_model("inception_v3")) if s.kind == "inception"]
+    assert [s.path for s in sites] == ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+                                       "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
+    assert sites[-1].channels == 2048 and sites[0].stage == 3
+
+
+def test_inception_resnet_concats_are_covered_by_their_residual_branch(timm_model):
+    sites = sites_of(timm_model("inception_resnet_v2"))
+    covered = [s for s in sites if s.kind == "inception" and s.covered_by]
+    assert len(covered) == 40
+    residual_paths = {s.path for s in sites if s.kind == "residual"}
+    assert len(residual_paths) == 40 and all(p.startswith(("repeat", "block8")) for p in residual_paths)
+
+
+def test_existing_gates_are_reported_not_doubled(timm_model):
+    sites = sites_of(timm_model("seresnet50"))
+    residual = [s for s in sites if s.kind == "residual"]
+    assert len(residual) == 16 and all(s.status == "already gated" for s in residual)
+    # EfficientNet's SE sits mid-branch: the branch is gated; its own convs are not sites
+    eff = sites_of(timm_model("efficientnet_b0"))
+    assert all(s.status == "already gated" for s in eff if s.kind == "residual")
+    assert not any(".se" in s.path for s in eff)
+
+
+def test_vgg_has_conv_units_only(timm_model):
+    kinds = ok_kinds(sites_of(timm_model("vgg11_bn")))
+    assert kinds == {"conv": 8}
+
+
+def test_vit_sites_are_tokens(timm_model):
+    sites = [s for s in sites_of(timm_model("vit_tiny_patch16_224")) if s.kind == "residual"]
+    assert len(sites) == 24 and {s.layout for s in sites} == {"nlc"} and sites[0].channels == 192
+
+
+def test_convnext_channels_last_mlp_ends_in_nchw(timm_model):
+    site = next(s for s in sites_of(timm_model("convnext_tiny")) if s.kind == "residual")
+    assert site.layout == "nchw" and site.channels == 96
