@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "export": "se_inject.commands.export",
     "policy": "se_inject.commands.policy",
     "backbones": "se_inject.commands.backbones",
+    "train": "trainers.commands.train",
 }
 
 

@@ -1,0 +1,26 @@
+"""se-inject's trainer: DDP (torchrun), AMP, EMA, exact resume, Fashion-MNIST / ImageFolder / synthetic data.
+
+    >>> from trainers import load_config, train
+    >>> cfg = load_config("fashion-mnist", ["run.epochs=1"])   # a recipe name or a YAML path
+    >>> result = train(cfg)                                      # doctest: +SKIP
+
+From the shell: ``python -m trainers.train``, ``torchrun --nproc_per_node=N -m trainers.train`` or
+``se-inject train``. See ``trainers/README.md``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import TrainConfig, load_config
+from .errors import CheckpointError, ConfigError, DataError
+
+if TYPE_CHECKING:
+    from .trainer import RunResult
+
+__all__ = ["TrainConfig", "load_config", "train", "ConfigError", "CheckpointError", "DataError"]
+
+
+def train(cfg: TrainConfig) -> "RunResult":
+    """Train as ``cfg`` says in this process (alone, or as one rank under torchrun); see :mod:`trainers.trainer`."""
+    from .trainer import train as _train  # torch.distributed, timm and the loop load only now
+    return _train(cfg)

@@ -1,0 +1,194 @@
+"""Checkpoints: weights as safetensors, trainer state beside them, written atomically, verified on load.
+
+One checkpoint is a directory ``<out_dir>/checkpoints/step-<optimizer step>/``::
+
+    model.safetensors      the model's state dict (parameters and buffers)
+    ema.safetensors        the EMA weights, when EMA is on
+    trainer_state.pt       optimizer, scheduler, scaler, epoch / batch / step, sampler position,
+                           the RNG states of every rank, the metrics history (torch.save of plain data)
+    manifest.json          size and SHA-256 of each file above: written last, so its presence marks
+                           the checkpoint complete
+
+It is written into a temporary sibling directory, each file fsync'ed, then renamed into place with
+``os.replace``; older checkpoints are deleted only after that, keeping ``keep_last``. A kill at any
+moment leaves the previous good checkpoint intact.
+
+    >>> import torch, tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> path = save_checkpoint(root, 7, {"w": torch.ones(2)}, None, {"epoch": 0})
+    >>> path.name, load_checkpoint(path).model["w"].tolist()
+    ('step-00000007', [1.0, 1.0])
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "find_latest", "MODEL_FILE",
+           "EMA_FILE", "STATE_FILE", "MANIFEST_FILE"]
+
+MODEL_FILE, EMA_FILE, STATE_FILE, MANIFEST_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt", "manifest.json"
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    state: dict[str, Any]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _cpu_contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors wants contiguous, unshared CPU tensors; channels_last weights are neither "contiguous"
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor],
+                    ema_state: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any],
+                    keep_last: int = 2) -> Path:
+    """Write checkpoint ``step-<step>`` under ``root`` atomically; keep the newest ``keep_last``. Returns its path."""
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    files = {MODEL_FILE: model_state, EMA_FILE: ema_state}
+    for name, state in files.items():
+        if state is not None:
+            save_file(_cpu_contiguous(state), str(tmp / name), metadata={"format": "pt"})
+    torch.save(trainer_state, tmp / STATE_FILE)
+    manifest = {"step": step, "files": {}}
+    for name in (MODEL_FILE, EMA_FILE, STATE_FILE):
+        if (tmp / name).exists():
+            _fsync_file(tmp / name)
+            manifest["files"][name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    _fsync_file(tmp / MANIFEST_FILE)
+    _fsync_dir(tmp)
+    if final.exists():  # a stale or corrupt checkpoint of the same step (a run resumed from an older one)
+        trash = root / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[keep_last:]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stray in root.glob(".tmp-*"):  # left by a run killed while writing; only rank 0 ever writes here
+        shutil.rmtree(stray, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint directories under ``root`` (complete or not), newest step first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _resolve(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    return p
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint directory (or any file in it).
+
+    A missing manifest, a file whose size or SHA-256 differs from it, or a file that does not parse
+    raises a one-line :class:`CheckpointError` naming the file.
+    """
+    from safetensors.torch import load_file
+
+    p = _resolve(path)
+    manifest_path = p / MANIFEST_FILE
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint {p} not found")
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {p} is incomplete: {manifest_path} is missing (the write was interrupted)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        entries = manifest["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint file {manifest_path} is corrupt ({e})") from None
+    for name in (MODEL_FILE, STATE_FILE):
+        if name not in entries:
+            raise CheckpointError(f"checkpoint {p} is incomplete: {manifest_path} lists no {name}")
+    for name, entry in entries.items():
+        f = p / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file {f} is missing")
+        size = f.stat().st_size
+        if size != entry.get("bytes"):
+            raise CheckpointError(f"checkpoint file {f} is truncated or corrupt ({size} bytes, manifest says {entry.get('bytes')})")
+        if _sha256(f) != entry.get("sha256"):
+            raise CheckpointError(f"checkpoint file {f} is corrupt (SHA-256 differs from {MANIFEST_FILE})")
+    try:
+        model = load_file(str(p / MODEL_FILE))
+        ema = load_file(str(p / EMA_FILE)) if EMA_FILE in entries else None
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise CheckpointError(f"checkpoint file {p / MODEL_FILE} does not parse as safetensors ({e})") from None
+    try:
+        state = torch.load(p / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # zipfile / unpickling errors of a damaged file
+        raise CheckpointError(f"checkpoint file {p / STATE_FILE} does not load ({str(e).splitlines()[0]})") from None
+    return Checkpoint(p, model, ema, state)
+
+
+def find_latest(root: str | Path, warn: Callable[[str], None]) -> Checkpoint | None:
+    """The newest checkpoint under ``root`` that verifies; a broken newer one is skipped with ``warn``.
+
+    None when there is no checkpoint at all; :class:`CheckpointError` when there are some but none
+    verifies (starting over silently would throw their training away).
+    """
+    candidates = list_checkpoints(root)
+    errors = []
+    for path in candidates:
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as e:
+            errors.append(str(e))
+            later = candidates[candidates.index(path) + 1:]
+            warn(f"{e}; falling back to {later[0].name if later else 'nothing'}")
+    if errors:
+        raise CheckpointError(f"no readable checkpoint in {root} (newest: {errors[0]}); "
+                              f"delete {root} to start over")
+    return None

@@ -1,0 +1,53 @@
+"""``python -m trainers.train`` / ``torchrun ... -m trainers.train``: train from a config.
+
+    $ python -m trainers.train                                   # Fashion-MNIST, ResNet-20, defaults
+    $ python -m trainers.train --config senet-paper --set data.root=/data/imagenet
+    $ torchrun --nproc_per_node=2 -m trainers.train --config run.yaml --resume auto
+
+Errors in the config or a checkpoint are printed as one line (by rank 0) and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["add_arguments", "main", "run_from_args"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=None,
+                        help="YAML config or recipe name (fashion-mnist, senet-paper); default: built-in defaults")
+    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set optim.lr=0.1 (repeatable; value parsed as YAML)")
+    parser.add_argument("--resume", default=None, metavar="auto|PATH",
+                        help="auto: newest complete checkpoint in run.out_dir (or start fresh); or a checkpoint directory")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .trainer import train
+
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"checkpoint.resume={args.resume}")
+    train(load_config(args.config, overrides))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from se_inject.errors import SEInjectError
+
+    parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except SEInjectError as e:
+        if os.environ.get("RANK", "0") == "0":  # every rank fails the same way; one line is enough
+            print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""One training run from a validated config: setup, resume, epochs, checkpoints, metrics, summary.
+
+    >>> from trainers import load_config, train
+    >>> result = train(load_config(None, ["data.dataset=synthetic", "run.epochs=1", "run.out_dir=/tmp/smoke",
+    ...                                   "model.name=cifar_resnet8", "run.progress=false"]))  # doctest: +SKIP
+    >>> result.history[-1]["top1_err"]  # doctest: +SKIP
+
+Launch it with ``python -m trainers.train`` (1 process), ``torchrun --nproc_per_node=N -m trainers.train``
+(N ranks) or ``se-inject train``; all three read the same config.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import TrainConfig, dump_config, load_config
+from .data import load_datasets, make_loaders, resolve_input
+from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup_distributed,
+                          teardown_distributed)
+from .errors import CheckpointError, ConfigError
+from .factory import add_se, build_backbone, build_ema, build_loss, build_mixup, build_optimizer, build_scheduler
+from .loop import EpochProgress, StepContext, evaluate, train_one_epoch
+from .metrics import MetricsWriter, peak_memory_mb, reset_peak_memory, summary_table
+from .rng import capture_rng, restore_rng, seed_everything, set_deterministic
+from .schema import to_dict
+
+__all__ = ["train", "RunResult"]
+
+STATE_FORMAT = 1
+_AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns on every rank (the same history everywhere)."""
+    out_dir: Path
+    history: list[dict[str, Any]]
+    num_updates: int
+    resumed_from: Path | None
+    model: nn.Module          # the trained model, unwrapped (no DDP / compile)
+    ema: nn.Module | None     # the EMA weights' model, when EMA is on
+
+
+def _log(d: DistInfo, message: str) -> None:
+    if d.is_main:
+        print(message, flush=True)
+
+
+def _warn(d: DistInfo, message: str) -> None:
+    if d.is_main:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Train as ``cfg`` says, in this process (one rank of a torchrun job, or alone)."""
+    d = setup_distributed(cfg.run.device)
+    try:
+        return _Run(cfg, d).run()
+    finally:
+        teardown_distributed()
+
+
+class _Run:
+    """The state of one run on one rank; ``run()`` is the whole life cycle."""
+
+    def __init__(self, cfg: TrainConfig, d: DistInfo) -> None:
+        self.cfg, self.d = cfg, d
+        self.out = Path(cfg.run.out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+
+    # -- setup -------------------------------------------------------------------------------
+    def _choose_checkpoint(self) -> ckpt.Checkpoint | None:
+        """Rank 0 picks (and verifies) the checkpoint to resume; every rank then loads that one."""
+        resume = self.cfg.checkpoint.resume
+        found: ckpt.Checkpoint | None = None
+        error: Exception | None = None
+        if self.d.is_main:
+            try:
+                if resume is None:
+                    if ckpt.list_checkpoints(self.ckpt_root):
+                        raise ConfigError(f"run.out_dir {self.out} already holds checkpoints; pass --resume auto to "
+                                          "continue that run, or choose another run.out_dir")
+                elif resume == "auto":
+                    found = ckpt.find_latest(self.ckpt_root, lambda m: _warn(self.d, m))
+                    if found is None:
+                        _log(self.d, f"resume auto: no checkpoint in {self.ckpt_root}, starting fresh")
+                else:
+                    found = ckpt.load_checkpoint(resume)
+            except (ConfigError, CheckpointError) as e:
+                error = e
+        choice, error = broadcast_object((str(found.path) if found else None, error))
+        if error is not None:
+            raise error
+        if self.d.is_main or choice is None:
+            return found
+        return ckpt.load_checkpoint(choice)
+
+    def _setup(self) -> None:
+        cfg, d = self.cfg, self.d
+        set_deterministic(cfg.run.deterministic)
+        seed_everything(cfg.run.seed)  # the same on every rank: identical initial weights
+        self.resume_from = self._choose_checkpoint()
+        if self.resume_from is not None and self.resume_from.state.get("world_size") != d.world_size:
+            n = self.resume_from.state.get("world_size")
+            raise CheckpointError(f"checkpoint {self.resume_from.path} was written by {n} ranks, this run has "
+                                  f"{d.world_size}: resume with torchrun --nproc_per_node={n} (data order and RNG "
+                                  "streams are per rank)")
+        if cfg.run.tensorboard:
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError:
+                raise ConfigError("run.tensorboard needs the tensorboard package: pip install 'se-inject[tensorboard]'") from None
+        model = self._build_model_and_data()
+        self._build_optimization(model)
+        if d.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "run.yaml").write_text(dump_config(self.cfg))
+        self.metrics = MetricsWriter(self.out, ema=self.ema is not None and self.cfg.ema.evaluate,
+                                     tensorboard=cfg.run.tensorboard) if d.is_main else None
+        if self.metrics is not None:
+            self.metrics.rewrite(self.history)
+        self._print_header()
+        # Ranks share the initial weights (seeded above) but not their noise: dropout, mixup and random
+        # erasing draw from seed + rank, as in timm's train.py.
+        seed_everything(cfg.run.seed + d.rank)
+        if self.resume_from is not None:
+            # last, so nothing in setup draws from the restored streams
+            restore_rng(self.resume_from.state["ranks"][d.rank]["rng"])
+
+    def _build_model_and_data(self) -> nn.Module:
+        """Data sets, the model (plain, then SE with the resolved input size), loaders; fills run.yaml's blanks."""
+        cfg, d = self.cfg, self.d
+        raw = load_datasets(cfg)
+        model = build_backbone(cfg, raw.num_classes, raw.in_chans or cfg.model.in_chans or 3)
+        rc = resolve_input(cfg, raw, model)
+        model = add_se(cfg, model, tuple(rc["input_size"]))
+        self.data = make_loaders(cfg, raw, d.rank, d.world_size, d.device, model)
+        self.cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes or raw.num_classes,
+                                              in_chans=self.data.input_size[0]),
+                           data=replace(cfg.data, input_size=self.data.input_size, mean=self.data.mean,
+                                        std=self.data.std, crop_pct=self.data.crop_pct))
+        model.to(d.device)
+        if cfg.run.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.module = model
+        return model
+
+    def _build_optimization(self, model: nn.Module) -> None:
+        """Optimizer, schedule, scaler, mixup, loss, EMA and wrappers; restores a checkpoint into them."""
+        cfg, d = self.cfg, self.d
+        accum = cfg.optim.accum_steps
+        batches = self.data.batches_per_epoch
+        if cfg.data.limit_train_batches:
+            batches = min(batches, cfg.data.limit_train_batches)
+        self.updates_per_epoch = batches // accum
+        if self.updates_per_epoch == 0:
+            raise ConfigError(f"optim.accum_steps = {accum} exceeds the {batches} batches of an epoch")
+        self.num_batches = self.updates_per_epoch * accum  # a trailing partial accumulation is not trained on
+        self.global_batch = cfg.data.batch_size * d.world_size * accum
+
+        self.optimizer = build_optimizer(cfg, model, self.global_batch)
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.updates_per_epoch)
+        scaler = torch.amp.GradScaler(d.device.type) if cfg.run.amp == "fp16" else None
+        mixup = build_mixup(cfg, self.data.num_classes)
+        random_erasing = None
+        if cfg.data.aug.re_prob > 0:
+            from timm.data.random_erasing import RandomErasing
+            random_erasing = RandomErasing(cfg.data.aug.re_prob, mode="pixel", device=d.device)
+
+        self.history: list[dict[str, Any]] = []
+        self.progress = EpochProgress(epoch=0)
+        if self.resume_from is not None:
+            self._restore(self.resume_from, model, scaler)
+        self.ema = build_ema(cfg, model)
+        if self.ema is not None and self.resume_from is not None:
+            if self.resume_from.ema is None:
+                raise CheckpointError(f"checkpoint {self.resume_from.path} has no EMA weights but ema is on; "
+                                      "set ema=null or resume a run trained with EMA")
+            self.ema.module.load_state_dict(self.resume_from.ema)
+
+        wrapped: nn.Module = model
+        if d.distributed:
+            ids = [d.device.index] if d.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if cfg.run.compile:
+            wrapped = torch.compile(wrapped)
+        self.ctx = StepContext(
+            model=wrapped, module=model, optimizer=self.optimizer, loss_fn=build_loss(cfg, mixup), device=d.device,
+            scheduler=self.scheduler, per_step_schedule=cfg.sched.per_step, scaler=scaler, ema=self.ema, mixup=mixup,
+            random_erasing=random_erasing, amp_dtype=_AMP[cfg.run.amp], channels_last=cfg.run.channels_last,
+            accum_steps=accum, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, world_size=d.world_size)
+
+    def _restore(self, c: ckpt.Checkpoint, model: nn.Module, scaler: Any) -> None:
+        state = c.state
+        if state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"checkpoint file {c.path / ckpt.STATE_FILE} has format {state.get('format')}, "
+                                  f"this trainer reads {STATE_FORMAT}")
+        try:
+            model.load_state_dict(c.model)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {c.path} does not fit this model/optimizer "
+                                  f"({str(e).splitlines()[0]}); resume with the config it was written with "
+                                  f"({self.out / 'run.yaml'})") from None
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        rank_state = state["ranks"][self.d.rank]
+        self.progress = EpochProgress.from_state(rank_state["progress"], self.d.device)
+        self.history = list(state["history"])
+        changed = _changed_keys(state.get("config", ""), self.cfg)
+        if changed:
+            _warn(self.d, f"resuming with a config that differs from the checkpoint's in {', '.join(changed)}")
+
+    def _print_header(self) -> None:
+        cfg, d, data = self.cfg, self.d, self.data
+        params = sum(p.numel() for p in self.module.parameters()) / 1e6
+        se = f" + SE ({cfg.model.se.policy})" if cfg.model.se is not None else ""
+        size = "x".join(str(s) for s in data.input_size)
+        _log(d, f"model {cfg.model.name}{se}: {params:.2f}M params | data {cfg.data.dataset}: {data.num_train} train / "
+                f"{data.num_val} val images, {size}, {data.num_classes} classes")
+        where = f"{d.world_size} rank{'s' if d.world_size > 1 else ''} ({d.backend or 'single process'}, {d.device.type})"
+        _log(d, f"{where} | global batch {self.global_batch} = {cfg.data.batch_size}/rank x {d.world_size} x "
+                f"{cfg.optim.accum_steps} accum | lr {self.optimizer.param_groups[0]['lr']:.4g} | "
+                f"{self.updates_per_epoch} steps/epoch x {cfg.run.epochs} epochs | out {self.out}")
+        if self.resume_from is not None:
+            p = self.progress
+            _log(d, f"resumed from {self.resume_from.path} at epoch {p.epoch}, batch {p.batch}/{self.num_batches} "
+                    f"(step {p.num_updates})")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _save(self, progress: EpochProgress) -> None:
+        per_rank = all_gather_objects({"rng": capture_rng(), "progress": progress.to_state()})
+        if not self.d.is_main:
+            return
+        state = {
+            "format": STATE_FORMAT, "world_size": self.d.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else None,
+            "ranks": per_rank, "history": self.history, "config": dump_config(self.cfg),
+        }
+        ema = self.ema.module.state_dict() if self.ema is not None else None
+        ckpt.save_checkpoint(self.ckpt_root, progress.num_updates, self.module.state_dict(), ema, state,
+                             keep_last=self.cfg.checkpoint.keep_last)
+
+    def _on_update(self, progress: EpochProgress) -> None:
+        every = self.cfg.checkpoint.every_steps
+        if every and progress.num_updates % every == 0 and progress.batch < self.num_batches:
+            self._save(progress)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        self._setup()
+        cfg, d = self.cfg, self.d
+        from tqdm import tqdm
+
+        p = self.progress
+        while p.epoch < cfg.run.epochs:
+            epoch_start = time.perf_counter()
+            reset_peak_memory(d.device)
+            self.data.train_sampler.set_epoch(p.epoch, start_batch=p.batch)
+            bar = tqdm(total=self.num_batches, initial=p.batch, desc=f"epoch {p.epoch}", unit="batch",
+                       dynamic_ncols=True, leave=False, file=sys.stderr) if (d.is_main and cfg.run.progress) else None
+            time_before = p.train_time
+            train_one_epoch(self.ctx, self.data.train_loader, p, self.num_batches, on_update=self._on_update, bar=bar,
+                            log_every=cfg.run.log_every)
+            if bar is not None:
+                bar.close()
+            if d.distributed and cfg.run.dist_bn != "none":
+                # DDP keeps parameters in sync, not BN running stats (each rank updates its own)
+                from timm.utils import distribute_bn
+                distribute_bn(self.module, d.world_size, reduce=cfg.run.dist_bn == "reduce")
+            if self.scheduler is not None and not cfg.sched.per_step:
+                self.scheduler.step(p.epoch + 1)
+            record = self._epoch_record(p, time.perf_counter() - epoch_start - (p.train_time - time_before))
+            self.history.append(record)
+            if self.metrics is not None:
+                self.metrics.append(record)
+            _log(d, _epoch_line(record))
+            p.epoch, p.batch, p.samples, p.train_time = p.epoch + 1, 0, 0, 0.0
+            p.loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+            self._save(p)
+        return self._finish()
+
+    def _epoch_record(self, p: EpochProgress, other_time: float) -> dict[str, Any]:
+        cfg, d = self.cfg, self.d
+        sums = torch.stack([p.loss_sum.double(), torch.tensor(float(p.samples), dtype=torch.float64, device=d.device),
+                            torch.tensor(p.train_time, dtype=torch.float64, device=d.device)])
+        loss_sum, samples, _ = all_reduce_sum(sums).tolist()
+        record: dict[str, Any] = {"epoch": p.epoch, "train_loss": loss_sum / max(samples, 1)}
+        last = p.epoch + 1 == cfg.run.epochs
+        eval_start = time.perf_counter()
+        if last or (p.epoch + 1) % cfg.run.eval_every == 0:
+            amp = _AMP[cfg.run.amp]
+            record.update(evaluate(self.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
+                                   cfg.data.limit_val_batches))
+            if self.ema is not None and cfg.ema.evaluate:
+                ema_metrics = evaluate(self.ema.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
+                                       cfg.data.limit_val_batches, prefix="ema_")
+                ema_metrics.pop("ema_val_images", None)
+                record.update(ema_metrics)
+        eval_time = time.perf_counter() - eval_start
+        record.update({
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "img_per_s": samples / max(p.train_time, 1e-9),  # this rank's step-loop time; samples of all ranks
+            "epoch_time_s": p.train_time + other_time + eval_time,
+            "peak_mem_mb": max(all_gather_objects(peak_memory_mb(d.device))),
+            "num_updates": p.num_updates,
+        })
+        return record
+
+    def _finish(self) -> RunResult:
+        from safetensors.torch import save_file
+
+        d = self.d
+        if d.is_main:
+            weights = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+            save_file(weights, str(self.out / "model.safetensors"))
+            if self.ema is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()},
+                          str(self.out / "ema.safetensors"))
+            if self.metrics is not None:
+                self.metrics.close()
+            print(summary_table(self.history), flush=True)
+            evaluated = [r for r in self.history if r.get("top1_err") is not None]
+            if evaluated:
+                best = min(evaluated, key=lambda r: r["top1_err"])
+                print(f"best top-1 error {best['top1_err']:.2f} % (top-5 {best['top5_err']:.2f} %) at epoch "
+                      f"{best['epoch']}; weights {self.out / 'model.safetensors'}", flush=True)
+        barrier()
+        return RunResult(self.out, self.history, self.progress.num_updates,
+                         self.resume_from.path if self.resume_from else None, self.module,
+                         self.ema.module if self.ema is not None else None)
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    parts = [f"epoch {r['epoch']}", f"train_loss {r['train_loss']:.4f}"]
+    if r.get("top1_err") is not None:
+        parts += [f"val_loss {r['val_loss']:.4f}", f"top1_err {r['top1_err']:.2f}%", f"top5_err {r['top5_err']:.2f}%"]
+    if r.get("ema_top1_err") is not None:
+        parts.append(f"ema_top1_err {r['ema_top1_err']:.2f}%")
+    parts += [f"lr {r['lr']:.4g}", f"{r['img_per_s']:.0f} img/s", f"{r['epoch_time_s']:.1f}s"]
+    return " | ".join(parts)
+
+
+#: keys whose change between a checkpoint and its resume is expected (length, logging, where to resume from).
+_FREE_KEYS = ("run.epochs", "run.progress", "run.log_every", "run.tensorboard", "checkpoint.")
+
+
+def _changed_keys(saved_yaml: str, cfg: TrainConfig) -> list[str]:
+    import yaml
+    if not saved_yaml:
+        return []
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in (tree or {}).items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    old, new = flat(yaml.safe_load(saved_yaml)), flat(to_dict(cfg))
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return [k for k in keys if not k.startswith(_FREE_KEYS)]
