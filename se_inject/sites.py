@@ -17,8 +17,9 @@ Site kinds (paper §3.3):
     >>> import timm
     >>> from se_inject.tracing import trace_model
     >>> sites = find_sites(trace_model(timm.create_model("resnet50")))
-    >>> sites[0].path, sites[0].kind, sites[0].channels, sites[0].stage
-    ('layer1.0', 'residual', 256, 2)
+    >>> s = next(s for s in sites if s.kind == "residual")
+    >>> s.path, s.node, s.channels, s.stage, s.fuse, s.detail
+    ('layer1.0', 'bn3', 256, 2, 'add', 'shortcut: downsample')
 """
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ arguments its module received, and every node gets ``node.meta["shape"]``.
 
     >>> import timm
     >>> traced = trace_model(timm.create_model("resnet18"))
-    >>> traced.graphs["layer1.0"].graph.find_nodes(op="call_function")[0].meta["shape"]
-    (1, 64, 56, 56)
+    >>> add = next(n for n in traced.graphs["layer1.0"].graph.nodes if n.op == "call_function")
+    >>> add.target.__name__, add.meta["shape"]
+    ('add', (1, 64, 56, 56))
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The examples in the trainer's and backbones' docstrings run and print what they say."""
+"""The examples in every module's docstrings run and print what they say (docs cannot drift)."""
 from __future__ import annotations
 
 import doctest
@@ -8,6 +8,7 @@ import pkgutil
 import pytest
 
 import backbones
+import se_inject
 import trainers
 
 
@@ -15,7 +16,7 @@ def _modules(package) -> list[str]:
     return [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
 
 
-@pytest.mark.parametrize("name", _modules(trainers) + _modules(backbones))
+@pytest.mark.parametrize("name", _modules(se_inject) + _modules(trainers) + _modules(backbones))
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
