@@ -24,6 +24,9 @@ COMMANDS: dict[str, str] = {
     "policy": "se_inject.commands.policy",
     "backbones": "se_inject.commands.backbones",
     "train": "trainers.commands.train",
+    "compare": "trainers.commands.compare",
+    "report": "trainers.commands.report",
+    "excitations": "se_inject.commands.excitations",
 }
 
 

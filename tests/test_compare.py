@@ -1,0 +1,94 @@
+"""trainers.compare + se-inject compare/report/excitations: a tiny real comparison on Fashion-MNIST."""
+import csv
+import textwrap
+
+import pytest
+
+from se_inject.cli import main
+from trainers.compare import CompareError, load_spec
+
+TINY = """
+name: tiny
+config: fashion-mnist
+set:
+  run.epochs: 1
+  data.batch_size: 32
+  data.limit_train_batches: 8        # 256 training images
+  data.limit_val_batches: 4          # 256 validation images
+  data.workers: 0
+  sched.warmup_epochs: 0
+backbones: [cifar_resnet8]
+seeds: [0]
+variants:
+  baseline: null
+  se-r4: {policy: paper, r: 4}
+launch: {parallel: 2}
+"""
+
+
+def write(tmp_path, text, name="compare.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.slow
+def test_tiny_comparison_reports_and_skips_finished_runs(tmp_path, capsys):
+    spec = write(tmp_path, TINY)
+    out = tmp_path / "out"
+    assert main(["compare", "--config", str(spec), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| cifar_resnet8 | baseline |" in report and "| cifar_resnet8 | se-r4 |" in report
+    assert "(+" in report or "(-" in report  # the SE row carries its delta to the baseline
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {(r["variant"], r["state"]) for r in rows} == {("baseline", "done"), ("se-r4", "done")}
+    assert (out / "curves_cifar_resnet8.png").stat().st_size > 10_000
+    capsys.readouterr()
+    # a second invocation trains nothing
+    assert main(["compare", "--config", str(spec), "--out", str(out)]) == 0
+    assert "2 already finished, 0 to train" in capsys.readouterr().out
+    # the report can be rebuilt from the run directories alone
+    (out / "report.md").unlink()
+    assert main(["report", str(out), "--no-latency"]) == 0 and (out / "report.md").exists()
+    # and the SE run's excitations (paper Fig. 8) come from its directory
+    run = out / "cifar_resnet8" / "se-r4" / "seed0"
+    assert main(["excitations", str(run), "--classes", "0", "1", "7", "--max-batches", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "SE_" in text and (run / "excitations.png").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_variant_is_reported_and_the_others_complete(tmp_path):
+    spec = write(tmp_path, TINY.replace("  se-r4: {policy: paper, r: 4}",
+                                        "  broken: {policy: paper, include: ['no_such_module*']}"))
+    out = tmp_path / "out"
+    assert main(["compare", "--config", str(spec), "--out", str(out)]) == 1
+    report = (out / "report.md").read_text()
+    assert "| cifar_resnet8 | baseline | " in report and "**failed**" in report and "no_such_module" in report
+    assert (out / "cifar_resnet8" / "baseline" / "seed0" / "result.json").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    (("backbones: [cifar_resnet8]", "backbones: [cifar_resnet9]"), r"backbone 'cifar_resnet9' is unknown \(did you mean 'cifar_resnet8'\?\)"),
+    (("policy: paper, r: 4", "policy: papr, r: 4"), r"variants.se-r4: papr: not a preset"),
+    (("policy: paper, r: 4", "policy: paper, rr: 4"), r"variants.se-r4: paper: keyword override 'rr' is not a policy key"),
+    (("seeds: [0]", "sedes: [0]"), r"key 'sedes' is not a comparison key \(did you mean 'seeds'\?\)"),
+    (("run.epochs: 1", "run.epochz: 1"), r"run.epochz"),
+])
+def test_bad_input_fails_before_any_run(tmp_path, change, message):
+    spec = write(tmp_path, TINY.replace(*change))
+    with pytest.raises(CompareError if "epochz" not in message else Exception, match=message):
+        load_spec(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ablation_expands_variants(tmp_path):
+    spec = load_spec(write(tmp_path, TINY.replace("launch:", "ablation: {r: [4, 8, 16]}\nlaunch:")), tmp_path / "o")
+    assert [v.name for v in spec.variants] == ["baseline", "se-r4", "se-r8", "se-r16"]
+    assert len(spec.runs) == 4 and all(r.seed == 0 for r in spec.runs)
+
+
+def test_examples_validate():
+    for name in ("fashion_mnist_compare", "fashion_mnist_r_ablation", "fashion_mnist_compare_demo", "imagenet_senet_paper"):
+        spec = load_spec(f"examples/{name}.yaml")
+        assert spec.baseline is not None and spec.runs
