@@ -52,14 +52,12 @@ def export(model: torch.nn.Module, out: Path) -> None:
 
 def compare(out: Path) -> None:
     section("3. comparative run on Fashion-MNIST (plain vs SE)")
-    try:
-        from trainers.compare import run_comparison
-    except ImportError:
-        print("comparative runs are not installed in this checkout (trainers.compare)")
-        return
+    from trainers.compare import run_comparison
     example = Path(__file__).with_name("fashion_mnist_compare_demo.yaml")
     report = run_comparison(example, out_dir=out / "compare")
-    print(f"report: {report}")
+    print(report.read_text().split("\n![")[0].strip())
+    print(f"\nreport: {report} (with results.csv and curves PNG beside it); the full comparison: "
+          "se-inject compare --config examples/fashion_mnist_compare.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:

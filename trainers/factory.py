@@ -39,9 +39,6 @@ def add_se(cfg: TrainConfig, model: nn.Module, input_size: tuple[int, int, int])
     if se is None:
         return model
     import se_inject  # the engine is only needed for SE variants
-    if not hasattr(se_inject, "apply"):
-        from .errors import ConfigError
-        raise ConfigError("model.se is set but this se_inject has no apply(); update se-inject or set model.se=null")
     return se_inject.apply(model, se.policy, input_size=tuple(input_size), **se.overrides)
 
 
