@@ -1,11 +1,36 @@
-"""Pieces shared by se-inject's own backbones: argument checks and He initialisation."""
+"""Pieces shared by se-inject's own backbones: argument checks, the classifier head, He initialisation."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .registry import BackboneError
 
-__all__ = ["check_args", "he_init_"]
+__all__ = ["check_args", "he_init_", "ClassifierNet"]
+
+
+class ClassifierNet(nn.Module):
+    """Base of our nets: subclasses build their body and ``forward_features``, then call
+    :meth:`_add_head` last; the head is global average pool -> dropout -> linear (timm's names)."""
+
+    def _add_head(self, chs: int, num_classes: int, drop_rate: float) -> None:
+        self.num_features = chs
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(chs, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.flatten(self.global_pool(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def check_args(name: str, num_classes: int, in_chans: int, pretrained: bool) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_args
+from ._common import ClassifierNet, check_args
 from ._layers import ConvBnAct
 from .registry import register_backbone
 
@@ -63,7 +63,7 @@ _MODULES = {
 }
 
 
-class BNInception(nn.Module):
+class BNInception(ClassifierNet):
     """7x7/2 stem, 3x3 conv, the ten Inception modules of :data:`_MODULES`, global pool, linear."""
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0) -> None:
@@ -81,14 +81,7 @@ class BNInception(nn.Module):
             self.add_module(f"inception_{name}", m)
             self.module_names.append(f"inception_{name}")
             chs = m.out_chs
-        self.num_features = chs
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(chs, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._add_head(chs, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool1(self.conv1(x))
@@ -96,10 +89,6 @@ class BNInception(nn.Module):
         for name in self.module_names:
             x = getattr(self, name)(x)
         return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.global_pool(self.forward_features(x))
-        return self.fc(self.drop(self.flatten(x)))
 
 
 @register_backbone

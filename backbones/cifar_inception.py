@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_args
+from ._common import ClassifierNet, check_args
 from ._layers import ConvBnAct
 from .registry import register_backbone
 
@@ -55,7 +55,7 @@ _SMALL = (("inc", 32, 32), ("inc", 32, 48), ("down", 80),
           ("inc", 176, 160), ("inc", 176, 160))
 
 
-class CifarInception(nn.Module):
+class CifarInception(ClassifierNet):
     """Stem 3x3 conv (96), the modules of ``spec``, global average pool, linear."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, spec: tuple = _SMALL, stem_chs: int = 96,
@@ -77,24 +77,13 @@ class CifarInception(nn.Module):
             self.add_module(name, m)
             modules.append(name)
         self.module_names = modules
-        self.num_features = chs
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(chs, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._add_head(chs, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         for name in self.module_names:
             x = getattr(self, name)(x)
         return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.global_pool(self.forward_features(x))
-        return self.fc(self.drop(self.flatten(x)))
 
 
 @register_backbone

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_args
+from ._common import ClassifierNet, check_args
 from .registry import register_backbone
 
 __all__ = ["BasicBlock", "CifarResNet"]
@@ -46,7 +46,7 @@ class BasicBlock(nn.Module):
         return self.act2(out)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierNet):
     """Stem 3x3 conv, three stages of ``n`` blocks (strides 1, 2, 2), global average pool, linear."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (16, 32, 64),
@@ -68,23 +68,13 @@ class CifarResNet(nn.Module):
                 in_chs = width
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.stage_names.append(f"layer{i + 1}")
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_chs, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._add_head(in_chs, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.global_pool(self.forward_features(x))
-        return self.fc(self.drop(self.flatten(x)))
 
 
 def _make(depth: int, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> CifarResNet:

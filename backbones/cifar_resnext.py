@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_args
+from ._common import ClassifierNet, check_args
 from .registry import register_backbone
 
 __all__ = ["Bottleneck", "CifarResNeXt"]
@@ -49,7 +49,7 @@ class Bottleneck(nn.Module):
         return self.act3(out)
 
 
-class CifarResNeXt(nn.Module):
+class CifarResNeXt(ClassifierNet):
     """Stem 3x3 conv, three stages of ``(depth - 2) / 9`` bottlenecks (strides 1, 2, 2), pool, linear."""
 
     def __init__(self, depth: int = 29, cardinality: int = 4, base_width: int = 16, num_classes: int = 10,
@@ -73,23 +73,13 @@ class CifarResNeXt(nn.Module):
                 in_chs = width
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.stage_names.append(f"layer{i + 1}")
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_chs, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._add_head(in_chs, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.global_pool(self.forward_features(x))
-        return self.fc(self.drop(self.flatten(x)))
 
 
 @register_backbone
