@@ -194,6 +194,8 @@ def _worker(args: tuple[str, bool, bool, int]) -> dict[str, Any]:
     name, plan_only, export, timeout = args
     import torch
     torch.set_num_threads(1)
+    import warnings
+    warnings.filterwarnings("ignore")
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(timeout)
     t0 = time.perf_counter()
@@ -218,7 +220,27 @@ def _commit() -> str:
         return "unknown"
 
 
-def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: bool, timeout: int) -> None:
+def _isolated(name: str, export: bool, timeout: int) -> dict[str, Any]:
+    """One model in its own process: a model that exhausts memory or hangs cannot take the sweep down."""
+    cmd = [sys.executable, __file__, "--worker", name] + ([] if export else ["--no-export"])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, start_new_session=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        return {"name": name, "family": _family(name), "error_stage": "timeout", "error_class": "Timeout",
+                "error": f"over {timeout} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    why = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else \
+        (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return {"name": name, "family": _family(name), "error_stage": "worker", "error_class": "WorkerDied", "error": why}
+
+
+def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: bool, timeout: int,
+          serial_above: float = 300e6) -> None:
+    """Run what ``results`` lacks. Planning runs in a pool of workers; the full run starts one process
+    per model, models over ``serial_above`` parameters last and one at a time (memory)."""
     done = set()
     if results.exists():
         for line in results.read_text().splitlines():
@@ -227,15 +249,39 @@ def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: b
     todo = [n for n in names if n not in done]
     print(f"{len(names)} models, {len(done & set(names))} already in {results.name}, {len(todo)} to run", flush=True)
     commit = _commit()
-    ctx = mp.get_context("forkserver")
     t0 = time.perf_counter()
-    with ctx.Pool(jobs, maxtasksperchild=1 if not plan_only else 40) as pool, results.open("a") as f:
-        for i, out in enumerate(pool.imap_unordered(_worker, [(n, plan_only, export, timeout) for n in todo]), 1):
-            out["commit"] = commit
-            f.write(json.dumps(out) + "\n")
-            f.flush()
-            status = out.get("error_class") or f"se={out.get('se')}"
-            print(f"[{i}/{len(todo)} {time.perf_counter() - t0:.0f}s] {out['name']}: {status}", flush=True)
+    count = iter(range(1, len(todo) + 1))
+
+    def record(f, out: dict[str, Any]) -> None:
+        out["commit"] = commit
+        f.write(json.dumps(out) + "\n")
+        f.flush()
+        status = out.get("error_class") or f"se={out.get('se')}"
+        print(f"[{next(count)}/{len(todo)} {time.perf_counter() - t0:.0f}s] {out['name']}: {status}", flush=True)
+
+    with results.open("a") as f:
+        if plan_only:
+            with mp.get_context("forkserver").Pool(jobs, maxtasksperchild=40) as pool:
+                for out in pool.imap_unordered(_worker, [(n, True, export, timeout) for n in todo]):
+                    record(f, out)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        sizes = _param_counts(todo)
+        small = [n for n in todo if sizes.get(n, 0) <= serial_above]
+        big = [n for n in todo if sizes.get(n, 0) > serial_above]
+        for group, workers in ((small, jobs), (big, 1)):
+            with ThreadPoolExecutor(workers) as pool:
+                for out in pool.map(lambda n: _isolated(n, export, timeout), group):
+                    record(f, out)
+
+
+def _param_counts(names: list[str]) -> dict[str, int]:
+    """Parameter counts from the planning sweep's results when present (no model is built here)."""
+    path = RESULTS / "zoo_plan.jsonl"
+    if not path.exists():
+        return {}
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {r["name"]: r.get("params", 0) for r in rows}
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -339,7 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
     ap.add_argument("--results", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one model, JSON on stdout
     args = ap.parse_args(argv)
+    if args.worker:
+        out = _worker((args.worker, args.plan_only, not args.no_export, args.timeout))
+        print(json.dumps(out), flush=True)
+        return 0
     import timm
     names = [n for n in timm.list_models() if fnmatch.fnmatchcase(n, args.filter)][: args.limit]
     stem = "zoo_plan" if args.plan_only else "zoo"

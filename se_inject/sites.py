@@ -147,11 +147,19 @@ class _Owner:
             return True
         if n.op == "call_function" and getattr(n.target, "__name__", "") == "drop_path":
             return True
-        # multiplication by a scalar (NFNet's alpha, Inception-ResNet's scale)
+        # multiplication by a scalar (NFNet's alpha, Inception-ResNet's scale), either side
         if (n.op == "call_function" and n.target in (operator.mul, torch.mul)) or (n.op == "call_method" and n.target == "mul"):
-            others = [a for a in n.args[1:] if True]
-            return bool(others) and all(self._is_scalar(a) for a in others)
+            return len(n.args) == 2 and any(self._is_scalar(a) for a in n.args) and self.through(n) is not None
         return False
+
+    def through(self, n: fx.Node) -> fx.Node | None:
+        """The tensor input a one-input op (or a scalar multiplication) passes on."""
+        if len(n.args) == 2 and n.target in (operator.mul, torch.mul, "mul"):
+            tensors = [a for a in n.args if isinstance(a, fx.Node) and not self._is_scalar(a)]
+            return tensors[0] if len(tensors) == 1 else None
+        if n.args and isinstance(n.args[0], fx.Node):
+            return n.args[0]
+        return n.all_input_nodes[0] if n.all_input_nodes else None
 
     def _is_scalar(self, a: object) -> bool:
         if isinstance(a, (int, float)):
@@ -242,8 +250,8 @@ class _Owner:
     def skip_back(self, n: fx.Node) -> fx.Node:
         """From a branch's output, step back over trailing drop-path / dropout / scalar scaling."""
         while self.is_transparent(n) and n.all_input_nodes:
-            prev = n.args[0] if isinstance(n.args[0], fx.Node) else n.all_input_nodes[0]
-            if len(prev.users) != 1:
+            prev = self.through(n)
+            if prev is None or len(prev.users) != 1:
                 break
             n = prev
         return n
@@ -253,7 +261,7 @@ class _Owner:
         out = []
         while end is not core:
             out.append(end)
-            end = end.args[0] if isinstance(end.args[0], fx.Node) else end.all_input_nodes[0]
+            end = self.through(end)
         return out
 
     def skip_forward(self, n: fx.Node) -> fx.Node:
@@ -467,9 +475,9 @@ class _Finder:
                     norms += 1
                 elif not o.is_transparent(prev):
                     break
-                if len(prev.users) != 1 or not prev.all_input_nodes:
+                if len(prev.users) != 1 or o.through(prev) is None:
                     break
-                prev = prev.args[0] if isinstance(prev.args[0], fx.Node) else prev.all_input_nodes[0]
+                prev = o.through(prev)
                 steps += 1
             if not o.is_conv(prev) or norms > 1 or len(prev.users) != 1:
                 continue
