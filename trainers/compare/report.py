@@ -39,6 +39,7 @@ class RunRecord:
     state: str
     history: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    order: int = 0            # the variant's position in the comparison file
 
     @property
     def final(self) -> dict[str, Any]:
@@ -55,8 +56,8 @@ def collect(root: Path) -> list[RunRecord]:
         history = [json.loads(x) for x in hist_path.read_text().splitlines() if x.strip()] if hist_path.exists() else []
         error = (d / ERROR).read_text().splitlines()[0] if (d / ERROR).exists() else ""
         records.append(RunRecord(d, meta["backbone"], meta["variant"], meta.get("se"), int(meta["seed"]),
-                                 status_of(d), history, error))
-    return records
+                                 status_of(d), history, error, int(meta.get("order", 1 << 30))))
+    return sorted(records, key=lambda r: (r.order, r.variant, r.seed))
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

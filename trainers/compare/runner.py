@@ -97,7 +97,7 @@ def _run_one(spec: CompareSpec, run: Run, slots: _Slots, echo) -> RunStatus:
     run.out_dir.mkdir(parents=True, exist_ok=True)
     (run.out_dir / ERROR).unlink(missing_ok=True)
     meta = {"backbone": run.backbone, "variant": run.variant.name, "se": run.variant.se, "seed": run.seed,
-            "comparison": spec.name}
+            "comparison": spec.name, "order": spec.variants.index(run.variant)}
     (run.out_dir / META).write_text(json.dumps(meta, indent=1))
     env, devices = slots.env()
     t0 = time.perf_counter()
