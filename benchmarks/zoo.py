@@ -264,6 +264,7 @@ def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: b
             with mp.get_context("forkserver").Pool(jobs, maxtasksperchild=40) as pool:
                 for out in pool.imap_unordered(_worker, [(n, True, export, timeout) for n in todo]):
                     record(f, out)
+            _log_session(results, len(todo), jobs, time.perf_counter() - t0, commit)
             return
         from concurrent.futures import ThreadPoolExecutor
         sizes = _param_counts(todo)
@@ -273,6 +274,14 @@ def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: b
             with ThreadPoolExecutor(workers) as pool:
                 for out in pool.map(lambda n: _isolated(n, export, timeout), group):
                     record(f, out)
+    _log_session(results, len(todo), jobs, time.perf_counter() - t0, commit)
+
+
+def _log_session(results: Path, models: int, jobs: int, seconds: float, commit: str) -> None:
+    """Append this invocation's wall time to ``<results>.sessions.jsonl`` (the report sums them)."""
+    with results.with_suffix(".sessions.jsonl").open("a") as f:
+        f.write(json.dumps({"date": str(datetime.datetime.now(datetime.timezone.utc))[:19], "models": models,
+                            "jobs": jobs, "wall_s": round(seconds, 1), "commit": commit}) + "\n")
 
 
 def _param_counts(names: list[str]) -> dict[str, int]:
@@ -341,7 +350,14 @@ def report(results: Path, out: Path, plan_results: Path | None, argv: list[str])
     kinds = collections.Counter()
     for r in rows:
         kinds.update(r.get("sites", {}))
-    lines += ["- SE blocks by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()), ""]
+    lines.append("- SE blocks by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
+    sessions = results.with_suffix(".sessions.jsonl")
+    if sessions.exists():
+        runs = [json.loads(x) for x in sessions.read_text().splitlines() if x.strip()]
+        wall = sum(r["wall_s"] for r in runs)
+        parts = ", ".join(f"{r['models']} models with {r['jobs']} jobs" for r in runs)
+        lines.append(f"- wall time: {wall / 60:.1f} min over {len(runs)} invocation(s) ({parts})")
+    lines.append("")
 
     lines += ["## Per family", "", "family = timm's model module", "",
               "| family | models | with SE | no site | errors | SE blocks | example |", "|---|---|---|---|---|---|---|"]
