@@ -84,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         ref = models["timm seresnet50"](x)
         diffs = {n: (m(x) - ref).abs().max().item() for n, m in models.items() if "apply" in n}
-    lines = [f"# SE inference overhead on CPU", "",
+    lines = ["# SE inference overhead on CPU", "",
              f"- date: {datetime.date.today()}; machine: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); timm {timm.__version__}",
              f"- command: `python benchmarks/overhead.py --batch {' '.join(map(str, args.batch))} --rounds {args.rounds}`",
-             f"- interleaved rounds, median latency; ratio = median over resnet50's median from the same rounds",
-             f"- max |output diff| vs timm seresnet50 with the same weights: "
+             "- interleaved rounds, median latency; ratio = median over resnet50's median from the same rounds",
+             "- max |output diff| vs timm seresnet50 with the same weights: "
              + ", ".join(f"{n}: {d:.1e}" for n, d in diffs.items()), ""]
     for batch in args.batch:
         times = bench(models, batch, args.rounds)

@@ -61,7 +61,7 @@ def _err(stage: str, e: BaseException) -> dict[str, Any]:
 
 
 def _sizes(model) -> list[tuple[int, ...]]:
-    from se_inject.tracing import default_input_size
+    from se_inject.shapes import default_input_size
     c, h, w = default_input_size(model)
     small = (c, SMALL_SIDE, SMALL_SIDE) if min(h, w) > SMALL_SIDE else None
     return [s for s in (small, (c, h, w)) if s]

@@ -19,7 +19,8 @@ from .block import SqueezeExcite
 from .errors import TraceError
 from .graph_module import OwnerGraphModule
 from .planner import Placement, Plan
-from .tracing import ModuleGraph, forward_shapes
+from .shapes import forward_shapes
+from .tracing import ModuleGraph
 
 __all__ = ["rewrite"]
 

@@ -6,10 +6,9 @@ not the whole ResNet). A module whose forward cannot be traced is no dead end: i
 traced in turn, as every module is. Calls to timm's non-traceable functions
 (``timm.layers._fx`` registry) are recorded as leaves too.
 
-Shapes come from one forward pass on meta tensors (no compute, no memory: the model's weights are
-swapped for meta tensors for the pass), falling back to fake tensors, then to a real batch-1 pass
-for models that mix devices inside their forward. Each owner's graph is then interpreted with the
-arguments its module received, and every node gets ``node.meta["shape"]``.
+Shapes come from one forward pass on stand-in tensors (:mod:`se_inject.shapes`); each owner's graph
+is then interpreted with the arguments its module received, and every node gets
+``node.meta["shape"]``.
 
     >>> import timm
     >>> traced = trace_model(timm.create_model("resnet18"))
@@ -30,22 +29,13 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import nn
-from torch.func import functional_call
 
 from .errors import TraceError
+from .shapes import (BACKENDS, Call, annotate_shapes, default_input_size, eval_mode, first_line, forward_shapes,
+                     model_device, record_calls, shapes_of)
 
-__all__ = ["Call", "ModuleGraph", "TracedModel", "trace_model", "default_input_size", "trace_module", "is_mode_dependent",
-           "forward_shapes", "clean_wrapped_calls"]
-
-
-@dataclass
-class Call:
-    """The first call of a module during the shape pass."""
-    order: int                    # position among the model's module calls (execution order)
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    output: Any = None
-    count: int = 1                # how many times the module ran during the pass
+__all__ = ["ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent", "clean_wrapped_calls",
+           "learned_paths", "Call", "default_input_size", "forward_shapes"]
 
 
 @dataclass
@@ -76,13 +66,6 @@ class TracedModel:
     def owners(self) -> Iterator[ModuleGraph]:
         """Traced owners in execution order."""
         yield from sorted((g for g in self.graphs.values() if g.ok), key=lambda g: g.call.order)
-
-
-def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """``pretrained_cfg['input_size']`` (timm) or ``(3, 224, 224)``."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = cfg.get("input_size") if isinstance(cfg, dict) else None
-    return tuple(int(s) for s in size) if size else (3, 224, 224)
 
 
 def _autowrap_functions() -> tuple[Any, ...]:
@@ -174,80 +157,6 @@ def _owner_mode(module: nn.Module, training: bool) -> Iterator[None]:
         module.training = was
 
 
-# --------------------------------------------------------------------------------------------
-# Shape backends: how the one forward pass runs without touching the model's weights.
-
-
-class _Backend:
-    """Runs modules on stand-in tensors. ``meta``: weights swapped for meta tensors;
-    ``fake``: FakeTensorMode over the real weights; ``real``: a real batch-1 pass (last resort)."""
-
-    name = "real"
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def context(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.no_grad()
-
-    def input(self, size: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        return torch.zeros(size, device=device)
-
-    def run_module(self, path: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return module(*args, **kwargs)
-
-    def attr(self, qualified_name: str, value: Any) -> Any:
-        return value
-
-
-class _MetaBackend(_Backend):
-    name = "meta"
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-        self.state = {k: torch.empty_like(v, device="meta") for k, v in named}
-
-    def input(self, size: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        return torch.empty(size, device="meta")
-
-    def _substate(self, path: str) -> dict[str, torch.Tensor]:
-        prefix = f"{path}." if path else ""
-        return {k[len(prefix):]: v for k, v in self.state.items() if k.startswith(prefix)}
-
-    def run_module(self, path: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return functional_call(module, self._substate(path), args, kwargs, tie_weights=False, strict=False)
-
-    def attr(self, qualified_name: str, value: Any) -> Any:
-        if qualified_name in self.state:
-            return self.state[qualified_name]
-        if isinstance(value, torch.Tensor):
-            return torch.empty_like(value, device="meta")
-        return value
-
-
-class _FakeBackend(_Backend):
-    name = "fake"
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        from torch._subclasses.fake_tensor import FakeTensorMode
-        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
-
-    def context(self) -> contextlib.AbstractContextManager[Any]:
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.no_grad())
-        stack.enter_context(self.mode)
-        return stack
-
-    def input(self, size: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        with self.mode:
-            return torch.empty(size, device=device)
-
-
-BACKENDS: dict[str, type[_Backend]] = {"meta": _MetaBackend, "fake": _FakeBackend, "real": _Backend}
-
-
 def learned_paths(model: nn.Module) -> set[str]:
     """Paths of every module whose subtree holds a weight of 2+ dims (a conv, a linear layer)."""
     paths: set[str] = set()
@@ -259,92 +168,6 @@ def learned_paths(model: nn.Module) -> set[str]:
     return paths
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """The shape pass runs in eval mode (no batch-norm statistics updated, no dropout); every
-    module's own flag is restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, was in modes:
-            m.training = was
-
-
-def _record_calls(model: nn.Module, backend: _Backend, x: torch.Tensor) -> dict[str, Call]:
-    calls: dict[str, Call] = {}
-    counter = iter(range(1 << 62))
-    handles = []
-
-    def pre_hook(path: str):
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            order = next(counter)
-            if path in calls:
-                calls[path].count += 1
-            else:
-                # copy the containers: DenseNet passes a list that the caller appends to afterwards
-                calls[path] = Call(order, pytree.tree_map(lambda v: v, args), pytree.tree_map(lambda v: v, dict(kwargs)))
-        return hook
-
-    def post_hook(path: str):
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            if calls[path].output is None:
-                calls[path].output = output
-        return hook
-
-    for path, module in model.named_modules(remove_duplicate=False):
-        handles.append(module.register_forward_pre_hook(pre_hook(path), with_kwargs=True))
-        handles.append(module.register_forward_hook(post_hook(path), with_kwargs=True))
-    try:
-        with backend.context():
-            backend.run_module("", model, (x,), {})
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
-
-
-class _ShapeInterpreter(fx.Interpreter):
-    """Runs an owner's graph on stand-in tensors, writing ``node.meta['shape']``. A child that ran
-    exactly once in the model pass is not run again: its recorded output is reused."""
-
-    def __init__(self, module: nn.Module, graph: fx.Graph, path: str, backend: _Backend,
-                 calls: dict[str, Call]) -> None:
-        super().__init__(module, garbage_collect_values=False, graph=graph)
-        self.path, self.backend, self.calls = path, backend, calls
-
-    def _qualified(self, target: str) -> str:
-        return f"{self.path}.{target}" if self.path else target
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        n.meta["shape"] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        return out
-
-    def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:
-        return self.backend.attr(self._qualified(target), super().get_attr(target, args, kwargs))
-
-    def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
-        qualified = self._qualified(target)
-        call = self.calls.get(qualified)
-        if call is not None and call.count == 1 and call.output is not None:
-            return call.output
-        return self.backend.run_module(qualified, self.fetch_attr(target), args, kwargs)
-
-
-def _bound_args(module: nn.Module, call: Call) -> tuple[Any, ...]:
-    bound = inspect.signature(module.forward).bind(*call.args, **call.kwargs)
-    bound.apply_defaults()
-    return tuple(bound.arguments.values())
-
-
 def _trace_owner(path: str, module: nn.Module, call: Call | None) -> ModuleGraph:
     mg = ModuleGraph(path=path, module=module, call=call)
     if call is None:
@@ -353,7 +176,7 @@ def _trace_owner(path: str, module: nn.Module, call: Call | None) -> ModuleGraph
     try:
         mg.graph = trace_module(module, call)
     except Exception as e:  # any failure to trace this level: its children are still traced
-        mg.error = f"fx cannot trace {type(module).__name__}.forward: {_first_line(e)}"
+        mg.error = f"fx cannot trace {type(module).__name__}.forward: {first_line(e)}"
     return mg
 
 
@@ -392,11 +215,6 @@ def is_mode_dependent(mg: ModuleGraph) -> bool:
     return not _same_graph(mg.graph, other)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
-
-
 def trace_model(model: nn.Module, input_size: tuple[int, ...] | None = None,
                 backend: str | None = None) -> TracedModel:
     """Trace every module that has children and annotate node shapes for one input.
@@ -407,12 +225,12 @@ def trace_model(model: nn.Module, input_size: tuple[int, ...] | None = None,
     """
     t0 = time.perf_counter()
     size = tuple(input_size) if input_size is not None else default_input_size(model)
-    device = _model_device(model)
+    device = model_device(model)
     notes: list[str] = []
     errors: list[str] = []
-    chosen: _Backend | None = None
+    chosen = None
     calls: dict[str, Call] = {}
-    with _eval_mode(model):
+    with eval_mode(model):
         for name in ([backend] if backend else list(BACKENDS)):
             if name not in BACKENDS:
                 raise TraceError(f"shape backend {name!r} is not one of {', '.join(BACKENDS)}")
@@ -420,9 +238,9 @@ def trace_model(model: nn.Module, input_size: tuple[int, ...] | None = None,
                 continue
             candidate = BACKENDS[name](model)
             try:
-                calls = _record_calls(model, candidate, candidate.input((1, *size), device))
+                calls = record_calls(model, candidate, candidate.input((1, *size), device))
             except Exception as e:
-                errors.append(f"{name}: {_first_line(e)}")
+                errors.append(f"{name}: {first_line(e)}")
                 continue
             chosen = candidate
             break
@@ -441,23 +259,10 @@ def trace_model(model: nn.Module, input_size: tuple[int, ...] | None = None,
             mg = _trace_owner(path, module, calls.get(path))
             if mg.ok:
                 try:
-                    with chosen.context():
-                        _ShapeInterpreter(module, mg.graph, path, chosen, calls).run(*_bound_args(module, mg.call))
+                    annotate_shapes(module, mg.graph, path, chosen, calls)
                 except Exception as e:
-                    mg.error = f"shape propagation failed in {type(module).__name__}: {_first_line(e)}"
+                    mg.error = f"shape propagation failed in {type(module).__name__}: {first_line(e)}"
             graphs[path] = mg
     root = calls.get("")
-    shapes = _shapes(root.output) if root is not None else None
+    shapes = shapes_of(root.output) if root is not None else None
     return TracedModel(model, size, graphs, chosen.name, shapes, time.perf_counter() - t0, notes)
-
-
-def _shapes(tree: Any) -> Any:
-    return pytree.tree_map(lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else t, tree)
-
-
-def forward_shapes(model: nn.Module, input_size: tuple[int, ...], backend: str = "meta") -> Any:
-    """Output shapes of one batch-1 forward on the given backend, in eval mode (model untouched)."""
-    chosen = BACKENDS[backend](model)
-    with _eval_mode(model), chosen.context():
-        out = chosen.run_module("", model, (chosen.input((1, *input_size), _model_device(model)),), {})
-    return _shapes(out)

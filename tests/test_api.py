@@ -1,6 +1,5 @@
 """se_inject.apply / plan end to end: golden equivalence with timm's hand-written SE nets."""
 import copy
-import io
 import pickle
 
 import pytest

@@ -1,5 +1,4 @@
 """se_inject.planner + accounting: the paper's numbers (§4, Eq. 5) and the policy knobs."""
-import pytest
 import torch
 
 import se_inject

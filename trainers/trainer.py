@@ -10,7 +10,6 @@ Launch it with ``python -m trainers.train`` (1 process), ``torchrun --nproc_per_
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, dump_config, load_config
+from .config import TrainConfig, dump_config
 from .data import load_datasets, make_loaders, resolve_input
 from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup_distributed,
                           teardown_distributed)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .runner import ERROR, META, RESULT, status_of
+from .runner import ERROR, META, status_of
 
 __all__ = ["collect", "write_report", "RunRecord"]
 

@@ -1,0 +1,230 @@
+"""Shapes without compute: one forward pass of a model on stand-in tensors, with every call recorded.
+
+Backends, tried in order: ``meta`` (the model's weights are swapped for meta tensors for the pass: no
+compute, no memory), ``fake`` (FakeTensorMode over the real weights), ``real`` (a real batch-1 pass
+in eval mode, for models that create tensors on a fixed device inside their forward). The pass runs
+in eval mode and every module's own ``training`` flag is restored afterwards.
+
+    >>> import timm
+    >>> forward_shapes(timm.create_model("resnet18"), (3, 64, 64))
+    (1, 1000)
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch import nn
+from torch.func import functional_call
+
+__all__ = ["Call", "BACKENDS", "record_calls", "annotate_shapes", "forward_shapes", "shapes_of", "eval_mode",
+           "model_device", "default_input_size", "first_line"]
+
+
+@dataclass
+class Call:
+    """The first call of a module during the shape pass."""
+    order: int                    # position among the model's module calls (execution order)
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Any = None
+    count: int = 1                # how many times the module ran during the pass
+
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """``pretrained_cfg['input_size']`` (timm) or ``(3, 224, 224)``."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    return tuple(int(s) for s in size) if size else (3, 224, 224)
+
+
+
+class _Backend:
+    """Runs modules on stand-in tensors. ``meta``: weights swapped for meta tensors;
+    ``fake``: FakeTensorMode over the real weights; ``real``: a real batch-1 pass (last resort)."""
+
+    name = "real"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.no_grad()
+
+    def input(self, size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        return torch.zeros(size, device=device)
+
+    def run_module(self, path: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return module(*args, **kwargs)
+
+    def attr(self, qualified_name: str, value: Any) -> Any:
+        return value
+
+
+class _MetaBackend(_Backend):
+    name = "meta"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+        self.state = {k: torch.empty_like(v, device="meta") for k, v in named}
+
+    def input(self, size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        return torch.empty(size, device="meta")
+
+    def _substate(self, path: str) -> dict[str, torch.Tensor]:
+        prefix = f"{path}." if path else ""
+        return {k[len(prefix):]: v for k, v in self.state.items() if k.startswith(prefix)}
+
+    def run_module(self, path: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return functional_call(module, self._substate(path), args, kwargs, tie_weights=False, strict=False)
+
+    def attr(self, qualified_name: str, value: Any) -> Any:
+        if qualified_name in self.state:
+            return self.state[qualified_name]
+        if isinstance(value, torch.Tensor):
+            return torch.empty_like(value, device="meta")
+        return value
+
+
+class _FakeBackend(_Backend):
+    name = "fake"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(self.mode)
+        return stack
+
+    def input(self, size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        with self.mode:
+            return torch.empty(size, device=device)
+
+
+BACKENDS: dict[str, type[_Backend]] = {"meta": _MetaBackend, "fake": _FakeBackend, "real": _Backend}
+
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The shape pass runs in eval mode (no batch-norm statistics updated, no dropout); every
+    module's own flag is restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
+def record_calls(model: nn.Module, backend: _Backend, x: torch.Tensor) -> dict[str, Call]:
+    calls: dict[str, Call] = {}
+    counter = iter(range(1 << 62))
+    handles = []
+
+    def pre_hook(path: str):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            order = next(counter)
+            if path in calls:
+                calls[path].count += 1
+            else:
+                # copy the containers: DenseNet passes a list that the caller appends to afterwards
+                calls[path] = Call(order, pytree.tree_map(lambda v: v, args), pytree.tree_map(lambda v: v, dict(kwargs)))
+        return hook
+
+    def post_hook(path: str):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            if calls[path].output is None:
+                calls[path].output = output
+        return hook
+
+    for path, module in model.named_modules(remove_duplicate=False):
+        handles.append(module.register_forward_pre_hook(pre_hook(path), with_kwargs=True))
+        handles.append(module.register_forward_hook(post_hook(path), with_kwargs=True))
+    try:
+        with backend.context():
+            backend.run_module("", model, (x,), {})
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+class _ShapeInterpreter(fx.Interpreter):
+    """Runs an owner's graph on stand-in tensors, writing ``node.meta['shape']``. A child that ran
+    exactly once in the model pass is not run again: its recorded output is reused."""
+
+    def __init__(self, module: nn.Module, graph: fx.Graph, path: str, backend: _Backend,
+                 calls: dict[str, Call]) -> None:
+        super().__init__(module, garbage_collect_values=False, graph=graph)
+        self.path, self.backend, self.calls = path, backend, calls
+
+    def _qualified(self, target: str) -> str:
+        return f"{self.path}.{target}" if self.path else target
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        n.meta["shape"] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        return out
+
+    def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:
+        return self.backend.attr(self._qualified(target), super().get_attr(target, args, kwargs))
+
+    def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
+        qualified = self._qualified(target)
+        call = self.calls.get(qualified)
+        if call is not None and call.count == 1 and call.output is not None:
+            return call.output
+        return self.backend.run_module(qualified, self.fetch_attr(target), args, kwargs)
+
+
+def bound_args(module: nn.Module, call: Call) -> tuple[Any, ...]:
+    """A recorded call's arguments, positional, defaults filled in (as fx placeholders expect them)."""
+    bound = inspect.signature(module.forward).bind(*call.args, **call.kwargs)
+    bound.apply_defaults()
+    return tuple(bound.arguments.values())
+
+
+def first_line(e: BaseException) -> str:
+    """``TypeName: first line of the message``, at most 300 characters: for one-line reports."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def shapes_of(tree: Any) -> Any:
+    """The same structure with every tensor replaced by its shape tuple."""
+    return pytree.tree_map(lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else t, tree)
+
+
+def forward_shapes(model: nn.Module, input_size: tuple[int, ...], backend: str = "meta") -> Any:
+    """Output shapes of one batch-1 forward on the given backend, in eval mode (model untouched)."""
+    chosen = BACKENDS[backend](model)
+    with eval_mode(model), chosen.context():
+        out = chosen.run_module("", model, (chosen.input((1, *input_size), model_device(model)),), {})
+    return shapes_of(out)
+
+
+def annotate_shapes(module: nn.Module, graph: fx.Graph, path: str, backend: "_Backend", calls: dict[str, Call]) -> None:
+    """Interpret ``graph`` (``module``'s own forward) with the arguments it received in the recorded
+    pass, writing ``node.meta["shape"]`` on every node."""
+    with backend.context():
+        _ShapeInterpreter(module, graph, path, backend, calls).run(*bound_args(module, calls[path]))
