@@ -24,45 +24,21 @@ Site kinds (paper §3.3):
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import networkx as nx
-import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
 from .block import SqueezeExcite
-from .tracing import ModuleGraph, TracedModel, is_mode_dependent
+from .owner_graph import CAT_FUNCTIONS, GATE_CLASSES, OwnerGraph
+from .tracing import TracedModel, is_mode_dependent
 
 __all__ = ["Site", "find_sites", "KINDS", "GATE_CLASSES"]
 
 #: every site kind, in the order a plan lists them.
 KINDS = ("residual", "multibranch", "inception", "concat", "conv")
-
-#: class names of modules that already gate channels (timm, torchvision and common repos).
-GATE_CLASSES = frozenset({
-    "SqueezeExcite", "SEModule", "SqueezeExcitation", "EffectiveSEModule", "EcaModule", "CecaModule",
-    "GatherExcite", "CbamModule", "LightCbamModule", "SEBlock", "SELayer", "SqueezeExcite2d",
-    "SqueezeExciteCl", "SEWeightModule", "SplitAttn", "SelectiveKernelAttn", "GlobalContext",
-})
-#: modules that are identity-like in eval and per-sample in training: SE goes before them.
-TRANSPARENT_MODULES = frozenset({"Identity", "DropPath", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
-                                 "AlphaDropout", "DropBlock2d", "StochasticDepth"})
-TRANSPARENT_FUNCTIONS = frozenset({F.dropout, F.dropout1d, F.dropout2d, torch.dropout})
-ACT_MODULES = frozenset({"ReLU", "ReLU6", "SiLU", "Swish", "GELU", "Hardswish", "HardSwish", "LeakyReLU",
-                         "Mish", "PReLU", "ELU", "CELU", "SELU", "GELUTanh", "QuickGELU", "Sigmoid",
-                         "Tanh", "HardMish", "Hardtanh"})
-ACT_FUNCTIONS = frozenset({F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, F.mish,
-                           F.elu, torch.nn.functional.relu_, torch.relu_})
-ACT_METHODS = frozenset({"relu", "relu_"})
-ADD_FUNCTIONS = frozenset({operator.add, operator.iadd, torch.add})
-ADD_METHODS = frozenset({"add", "add_"})
-CAT_FUNCTIONS = frozenset({torch.cat, torch.concat, torch.concatenate})
-CONV_FUNCTIONS = frozenset({F.conv2d})
-NORM_WORDS = ("Norm",)
 
 
 @dataclass(frozen=True)
@@ -90,193 +66,11 @@ class Site:
         return f"{self.path or '<model>'}:{self.node}"
 
 
-@dataclass
-class _Owner:
-    """networkx view of one owner's graph plus per-node facts."""
-    mg: ModuleGraph
-    traced: TracedModel
-    dag: nx.DiGraph = field(init=False)
-    idom: dict[fx.Node | str, fx.Node | str] = field(init=False)
-    index: dict[fx.Node, int] = field(init=False)
-
-    ROOT = "<root>"
-
-    def __post_init__(self) -> None:
-        g = nx.DiGraph()
-        nodes = list(self.mg.graph.nodes)
-        self.index = {n: i for i, n in enumerate(nodes)}
-        g.add_node(self.ROOT)
-        for n in nodes:
-            g.add_node(n)
-            inputs = n.all_input_nodes
-            if not inputs:
-                g.add_edge(self.ROOT, n)
-            for i in inputs:
-                g.add_edge(i, n)
-        self.dag = g
-        self.idom = nx.immediate_dominators(g, self.ROOT)
-        self._placeholder_fed: set[fx.Node] = set()
-        for n in nodes:  # nodes computed from the module's inputs (not from constants alone)
-            if n.op == "placeholder" or any(i in self._placeholder_fed for i in n.all_input_nodes):
-                self._placeholder_fed.add(n)
-
-    # ---- facts about nodes
-    def submodule(self, n: fx.Node) -> nn.Module | None:
-        if n.op != "call_module":
-            return None
-        return self.mg.module.get_submodule(n.target)
-
-    def convs(self, n: fx.Node) -> int:
-        """Learned layers (weights of 2+ dims) the node runs: its depth in conv/linear units."""
-        m = self.submodule(n)
-        if m is not None:
-            return sum(1 for sub in m.modules() if any(p.dim() >= 2 for p in sub.parameters(recurse=False)))
-        if n.op == "call_function" and n.target in (F.conv2d, F.conv1d, F.linear, torch.matmul, torch.bmm):
-            return 1
-        return 0
-
-    def is_gate(self, n: fx.Node) -> bool:
-        m = self.submodule(n)
-        return m is not None and type(m).__name__ in GATE_CLASSES
-
-    def is_transparent(self, n: fx.Node) -> bool:
-        m = self.submodule(n)
-        if m is not None:
-            return type(m).__name__ in TRANSPARENT_MODULES
-        if n.op == "call_function" and n.target in TRANSPARENT_FUNCTIONS:
-            return True
-        if n.op == "call_function" and getattr(n.target, "__name__", "") == "drop_path":
-            return True
-        # multiplication by a scalar (NFNet's alpha, Inception-ResNet's scale), either side
-        if (n.op == "call_function" and n.target in (operator.mul, torch.mul)) or (n.op == "call_method" and n.target == "mul"):
-            return len(n.args) == 2 and any(self._is_scalar(a) for a in n.args) and self.through(n) is not None
-        return False
-
-    def through(self, n: fx.Node) -> fx.Node | None:
-        """The tensor input a one-input op (or a scalar multiplication) passes on."""
-        if len(n.args) == 2 and n.target in (operator.mul, torch.mul, "mul"):
-            tensors = [a for a in n.args if isinstance(a, fx.Node) and not self._is_scalar(a)]
-            return tensors[0] if len(tensors) == 1 else None
-        if n.args and isinstance(n.args[0], fx.Node):
-            return n.args[0]
-        return n.all_input_nodes[0] if n.all_input_nodes else None
-
-    def _is_scalar(self, a: object) -> bool:
-        if isinstance(a, (int, float)):
-            return True
-        if isinstance(a, fx.Node):
-            shape = a.meta.get("shape")
-            return shape is not None and math.prod(shape) == 1
-        return False
-
-    def is_identity(self, n: fx.Node) -> bool:
-        """An op that returns its input unchanged in every mode (``nn.Identity``, ``DropPath(0.)``)."""
-        m = self.submodule(n)
-        if m is None:
-            return False
-        if isinstance(m, nn.Identity):
-            return True
-        rate = getattr(m, "drop_prob", getattr(m, "p", None))
-        return type(m).__name__ in TRANSPARENT_MODULES and rate == 0
-
-    def is_carried(self, fork: object, n: fx.Node) -> bool:
-        """``n`` is the fork's tensor itself or a slice of it (DenseNet, DPN): no pooling, no maths."""
-        region = self.region(fork, n)
-        return all(r.op == "placeholder" or (r.op == "call_function" and r.target is operator.getitem)
-                   or self.is_identity(r) for r in region)
-
-    def is_add(self, n: fx.Node) -> bool:
-        if n.op == "call_function" and n.target in ADD_FUNCTIONS:
-            return "alpha" not in n.kwargs
-        return n.op == "call_method" and n.target in ADD_METHODS and "alpha" not in n.kwargs
-
-    def is_act(self, n: fx.Node) -> bool:
-        m = self.submodule(n)
-        if m is not None:
-            name = type(m).__name__
-            return name in ACT_MODULES or "NormAct" in name or "BnAct" in name
-        if n.op == "call_function":
-            return n.target in ACT_FUNCTIONS
-        return n.op == "call_method" and n.target in ACT_METHODS
-
-    def is_norm(self, n: fx.Node) -> bool:
-        m = self.submodule(n)
-        if m is not None:
-            return any(w in type(m).__name__ for w in NORM_WORDS)
-        return n.op == "call_function" and n.target in (F.batch_norm, F.group_norm, F.layer_norm)
-
-    def is_conv(self, n: fx.Node) -> bool:
-        m = self.submodule(n)
-        if m is not None:
-            return isinstance(m, nn.Conv2d)
-        return n.op == "call_function" and n.target in CONV_FUNCTIONS
-
-    def shape(self, n: object) -> tuple[int, ...] | None:
-        return n.meta.get("shape") if isinstance(n, fx.Node) else None
-
-    def data_fed(self, n: fx.Node) -> bool:
-        return n in self._placeholder_fed
-
-    def single_user(self, n: fx.Node) -> fx.Node | None:
-        users = list(n.users)
-        return users[0] if len(users) == 1 else None
-
-    # ---- regions
-    def region(self, fork: object, end: fx.Node) -> set[fx.Node]:
-        """Nodes on some path fork -> end (end included, fork excluded)."""
-        down = nx.descendants(self.dag, fork)
-        up = nx.ancestors(self.dag, end)
-        return {n for n in (down & up) if isinstance(n, fx.Node)} | {end}
-
-    def depth(self, fork: object, end: fx.Node, shared: set[fx.Node] = frozenset()) -> int:
-        """Most learned layers met on one path fork -> end, not counting the ``shared`` nodes."""
-        region = self.region(fork, end)
-        best: dict[fx.Node, int] = {}
-        for n in sorted(region, key=self.index.__getitem__):
-            preds = [best[p] for p in n.all_input_nodes if p in best]
-            best[n] = (0 if n in shared else self.convs(n)) + (max(preds) if preds else 0)
-        return best.get(end, 0)
-
-    def own_depths(self, fork: object, ends: list[fx.Node]) -> list[int]:
-        """Each branch's depth in learned layers of its own: compute that two branches share (the
-        qkv projection feeding both terms of a rotary embedding) makes them no parallel branches."""
-        regions = [self.region(fork, e) for e in ends]
-        out = []
-        for i, e in enumerate(ends):
-            shared = set().union(*(r for j, r in enumerate(regions) if j != i)) if len(ends) > 1 else set()
-            out.append(self.depth(fork, e, shared))
-        return out
-
-    def skip_back(self, n: fx.Node) -> fx.Node:
-        """From a branch's output, step back over trailing drop-path / dropout / scalar scaling."""
-        while self.is_transparent(n) and n.all_input_nodes:
-            prev = self.through(n)
-            if prev is None or len(prev.users) != 1:
-                break
-            n = prev
-        return n
-
-    def tail(self, core: fx.Node, end: fx.Node) -> list[fx.Node]:
-        """The transparent nodes from ``core`` (excluded) to ``end`` (included)."""
-        out = []
-        while end is not core:
-            out.append(end)
-            end = self.through(end)
-        return out
-
-    def skip_forward(self, n: fx.Node) -> fx.Node:
-        while True:
-            user = self.single_user(n)
-            if user is None or not self.is_transparent(user):
-                return n
-            n = user
-
-
 class _Finder:
     """Runs the per-kind detectors over one owner and turns hits into :class:`Site` records."""
 
-    def __init__(self, owner: _Owner) -> None:
-        self.o = owner
+    def __init__(self, owner: OwnerGraph, traced: TracedModel) -> None:
+        self.o, self.traced = owner, traced
         self.sites: list[Site] = []
         self.covered: dict[fx.Node, str] = {}  # node on a residual branch -> that site's SE input
         self._mode_checked: bool | None = None
@@ -333,7 +127,7 @@ class _Finder:
     def _stage(self, layout: str | None, spatial: tuple[int, ...]) -> int | None:
         if layout not in ("nchw", "nhwc") or not spatial or spatial[0] <= 0:
             return None
-        h_in = self.o.traced.input_size[1] if len(self.o.traced.input_size) > 1 else spatial[0]
+        h_in = self.traced.input_size[1] if len(self.traced.input_size) > 1 else spatial[0]
         return max(0, round(math.log2(h_in / spatial[0])))
 
     def add_site(self, kind: str, n: fx.Node, *, fuse: fx.Node | None = None, status: str = "ok",
@@ -496,7 +290,7 @@ def find_sites(traced: TracedModel) -> list[Site]:
     for mg in traced.owners():
         if any(f"{mg.path}.".startswith(g) for g in gates):
             continue  # the inside of an existing gate (EfficientNet's SE convs) is no place for another
-        finder = _Finder(_Owner(mg, traced))
+        finder = _Finder(OwnerGraph(mg), traced)
         finder.residuals()
         finder.concats()
         finder.convs()
