@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-export", action="store_true", help="full run without ONNX export")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--filter", default="*", help="glob over model names")
+    ap.add_argument("--names", type=Path, default=None, help="a file of model names, one a line")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
     ap.add_argument("--results", type=Path, default=None)
@@ -408,7 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out), flush=True)
         return 0
     import timm
-    names = [n for n in timm.list_models() if fnmatch.fnmatchcase(n, args.filter)][: args.limit]
+    names = [n for n in timm.list_models() if fnmatch.fnmatchcase(n, args.filter)]
+    if args.names:
+        wanted = set(args.names.read_text().split())
+        names = [n for n in names if n in wanted]
+    names = names[: args.limit]
     stem = "zoo_plan" if args.plan_only else "zoo"
     results = args.results or RESULTS / f"{stem}.jsonl"
     results.parent.mkdir(parents=True, exist_ok=True)
