@@ -20,6 +20,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from .shapes import meta_state, model_device
+
 __all__ = ["count_params", "count_macs", "se_params", "se_macs"]
 
 aten = torch.ops.aten
@@ -57,16 +59,25 @@ _EXTRA = {  # keyed by overload packet, as FlopCounterMode looks them up
 }
 
 
-def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    """Multiply-adds of one forward pass at batch 1, on meta tensors (model left untouched)."""
-    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-    state = {k: torch.empty_like(v, device="meta") for k, v in named}
+def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int | None:
+    """Multiply-adds of one forward pass at batch 1 (model left untouched): on meta tensors, or
+    under fake tensors where the forward mixes in a tensor of its own; ``None`` if neither runs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad(), counter:
-            functional_call(model, state, (torch.empty((1, *input_size), device="meta"),), tie_weights=False, strict=False)
+        try:
+            with torch.no_grad(), counter:
+                functional_call(model, meta_state(model), (torch.empty((1, *input_size), device="meta"),),
+                                tie_weights=False, strict=False)
+        except Exception:  # e.g. a forward that builds a CPU tensor: the same count on fake tensors
+            counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
+            try:
+                with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as fake, counter:
+                    model(fake.from_tensor(torch.empty((1, *input_size), device=model_device(model))))
+            except Exception:
+                return None
     finally:
         for m, was in modes:
             m.training = was

@@ -16,6 +16,7 @@ import copy
 from collections import OrderedDict
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.graph_module import _CodeOnlyModule, _format_import_block, _forward_from_src
@@ -49,10 +50,14 @@ class OwnerGraphModule(fx.GraphModule):
     """The rewritten owner of SE sites (see the module docstring)."""
 
     @classmethod
-    def build(cls, owner: nn.Module, graph: fx.Graph, modules: "OrderedDict[str, nn.Module | None]") -> "OwnerGraphModule":
-        """A graph module running ``graph`` with ``owner``'s state and ``modules`` as its children."""
-        targets = {n.target: _resolve(modules, owner, n.target) for n in graph.nodes
-                   if n.op in ("call_module", "get_attr")}
+    def build(cls, owner: nn.Module, graph: fx.Graph, modules: "OrderedDict[str, nn.Module | None]",
+              constants: dict[str, torch.Tensor] | None = None) -> "OwnerGraphModule":
+        """A graph module running ``graph`` with ``owner``'s state and ``modules`` as its children;
+        ``constants`` (tensors fx made of values the forward builds) become non-persistent buffers:
+        they follow ``.to(device)`` and stay out of the state dict."""
+        constants = constants or {}
+        targets = {n.target: constants[n.target] if n.target in constants else _resolve(modules, owner, n.target)
+                   for n in graph.nodes if n.op in ("call_module", "get_attr")}
         gm = cls(targets, graph, class_name=type(owner).__name__)
         state = dict(vars(owner))
         state["_modules"] = modules
@@ -63,6 +68,8 @@ class OwnerGraphModule(fx.GraphModule):
             if key in state:
                 state[key] = copy.copy(state[key])
         _adopt(gm, state, plain_only=True)
+        for name, tensor in constants.items():
+            gm.register_buffer(name, tensor, persistent=False)
         gm.__dict__["_se_inject_original_class"] = f"{type(owner).__module__}.{type(owner).__qualname__}"
         return gm
 

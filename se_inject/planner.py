@@ -236,6 +236,8 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
     if not placements:
         notes.append(_why_nothing(sites, policy))
     macs = count_macs(model, traced.input_size) if count_flops else None
+    if count_flops and macs is None:
+        notes.append("MACs not counted: the forward runs neither on meta nor on fake tensors")
     return Plan(model_name=type(model).__name__, policy=policy, input_size=traced.input_size, placements=placements,
                 skipped=skipped, notes=notes, params_before=count_params(model), macs_before=macs, traced=traced)
 

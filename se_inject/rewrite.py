@@ -19,7 +19,7 @@ from .block import SqueezeExcite
 from .errors import TraceError
 from .graph_module import OwnerGraphModule
 from .planner import Placement, Plan
-from .shapes import forward_shapes
+from .shapes import forward_shapes, graph_constants
 from .tracing import ModuleGraph
 
 __all__ = ["rewrite"]
@@ -154,7 +154,7 @@ def _build_owner(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> Ow
         after[p.name] = src.target.split(".")[0] if src.op == "call_module" else None
         _insert(graph, nodes, p, mg.module, blocks[p.name])
     graph.lint()
-    return OwnerGraphModule.build(mg.module, graph, _children(mg.module, blocks, after))
+    return OwnerGraphModule.build(mg.module, graph, _children(mg.module, blocks, after), graph_constants(mg.graph))
 
 
 def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:

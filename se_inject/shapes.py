@@ -23,7 +23,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["Call", "BACKENDS", "record_calls", "annotate_shapes", "forward_shapes", "shapes_of", "eval_mode",
+__all__ = ["meta_state", "Call", "BACKENDS", "record_calls", "annotate_shapes", "forward_shapes", "shapes_of", "eval_mode",
            "model_device", "default_input_size", "first_line"]
 
 
@@ -68,20 +68,44 @@ class _Backend:
         return value
 
 
+def _named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+
+
+def meta_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Meta stand-ins for ``model``'s parameters and buffers for ``functional_call``, one name per
+    tensor: with a shared module's tensor under two names, ``functional_call`` would restore it to
+    the first stand-in and leave the model with meta weights."""
+    out, seen = {}, set()
+    for k, v in _named_tensors(model):
+        if id(v) not in seen:
+            seen.add(id(v))
+            out[k] = torch.empty_like(v, device="meta")
+    return out
+
+
 class _MetaBackend(_Backend):
     name = "meta"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+        named = _named_tensors(model)
         self.state = {k: torch.empty_like(v, device="meta") for k, v in named}
+        self.identity = {k: id(v) for k, v in named}  # a shared module has several names per tensor
 
     def input(self, size: tuple[int, ...], device: torch.device) -> torch.Tensor:
         return torch.empty(size, device="meta")
 
     def _substate(self, path: str) -> dict[str, torch.Tensor]:
+        """The stand-ins under ``path``, one name per tensor: swapping a shared tensor twice would
+        restore it to the first stand-in, leaving the real model with meta weights."""
         prefix = f"{path}." if path else ""
-        return {k[len(prefix):]: v for k, v in self.state.items() if k.startswith(prefix)}
+        out, seen = {}, set()
+        for k, v in self.state.items():
+            if k.startswith(prefix) and self.identity[k] not in seen:
+                seen.add(self.identity[k])
+                out[k[len(prefix):]] = v
+        return out
 
     def run_module(self, path: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return functional_call(module, self._substate(path), args, kwargs, tie_weights=False, strict=False)
@@ -169,6 +193,16 @@ def record_calls(model: nn.Module, backend: _Backend, x: torch.Tensor) -> dict[s
     return calls
 
 
+#: Graph attribute holding the tensors fx made constants of (``{"_tensor_constant0": tensor}``),
+#: set by :func:`se_inject.tracing.trace_module`.
+GRAPH_CONSTANTS = "_se_inject_constants"
+
+
+def graph_constants(graph: fx.Graph) -> dict[str, torch.Tensor]:
+    """The tensor constants of a traced owner graph (empty for a graph without any)."""
+    return getattr(graph, GRAPH_CONSTANTS, {})
+
+
 class _ShapeInterpreter(fx.Interpreter):
     """Runs an owner's graph on stand-in tensors, writing ``node.meta['shape']``. A child that ran
     exactly once in the model pass is not run again: its recorded output is reused."""
@@ -187,7 +221,9 @@ class _ShapeInterpreter(fx.Interpreter):
         return out
 
     def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:
-        return self.backend.attr(self._qualified(target), super().get_attr(target, args, kwargs))
+        constant = graph_constants(self.graph).get(target)
+        value = constant if constant is not None else super().get_attr(target, args, kwargs)
+        return self.backend.attr(self._qualified(target), value)
 
     def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
         qualified = self._qualified(target)

@@ -31,7 +31,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from .errors import TraceError
-from .shapes import (BACKENDS, Call, annotate_shapes, default_input_size, eval_mode, first_line, forward_shapes,
+from .shapes import (BACKENDS, GRAPH_CONSTANTS, Call, annotate_shapes, default_input_size, eval_mode, first_line, forward_shapes,
                      model_device, record_calls, shapes_of)
 
 __all__ = ["ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent", "clean_wrapped_calls",
@@ -87,9 +87,19 @@ class _OneLevelTracer(fx.Tracer):
         return m is not self._root
 
 
-def _concrete_args(module: nn.Module, call: Call | None) -> dict[str, Any] | None:
+def _is_size(value: Any) -> bool:
+    """An int or a tuple/list of ints (not a bool): a size a caller may vary with the input."""
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(_is_size(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _concrete_args(module: nn.Module, call: Call | None, *, keep_sizes: bool = True) -> dict[str, Any] | None:
     """Non-tensor arguments of the recorded call become constants of the trace (``None`` masks,
-    flags): tracing them symbolically would take every ``if mask is not None`` branch."""
+    flags): tracing them symbolically would take every ``if mask is not None`` branch.
+
+    ``keep_sizes``: ints and int tuples (a feature map's ``(H, W)``) stay arguments, so the
+    rewritten module keeps working at other input sizes."""
     if call is None:
         return None
     try:
@@ -102,15 +112,38 @@ def _concrete_args(module: nn.Module, call: Call | None) -> dict[str, Any] | Non
         kind = bound.signature.parameters[name].kind
         if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             continue
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) or (keep_sizes and isinstance(value, int) and _is_size(value)):
+            continue
+        if keep_sizes and _is_size(value):  # a tuple of placeholders: `view(B, C, *size)` traces
+            concrete[name] = type(value)(fx.PH for _ in value)
             continue
         concrete[name] = pytree.tree_map(lambda v: fx.PH if isinstance(v, torch.Tensor) else v, value)
     return concrete or None
 
 
 def trace_module(module: nn.Module, call: Call | None = None) -> fx.Graph:
-    """``module``'s own forward as an fx graph whose submodule calls are ``call_module`` leaves."""
-    return clean_wrapped_calls(_OneLevelTracer(module).trace(module, concrete_args=_concrete_args(module, call)))
+    """``module``'s own forward as an fx graph whose submodule calls are ``call_module`` leaves.
+
+    Size arguments stay arguments where fx can trace them so; a forward that branches on one is
+    traced with it fixed. A tensor the forward builds from constants becomes a ``get_attr`` of a
+    ``_tensor_constantN`` that fx sets on ``module``; it is taken off the user's module again and
+    kept on the graph (:func:`se_inject.shapes.graph_constants`): tracing leaves no mark on the model.
+    """
+    before = set(vars(module))
+    try:
+        try:
+            graph = _OneLevelTracer(module).trace(module, concrete_args=_concrete_args(module, call))
+        except Exception:  # the forward branches on a size: fix it to the traced value (fx asserts it)
+            for k in set(vars(module)) - before:
+                del module.__dict__[k]
+            concrete = _concrete_args(module, call, keep_sizes=False)
+            if concrete == _concrete_args(module, call):
+                raise
+            graph = _OneLevelTracer(module).trace(module, concrete_args=concrete)
+    finally:
+        added = {k: module.__dict__.pop(k) for k in set(vars(module)) - before}
+    setattr(graph, GRAPH_CONSTANTS, added)
+    return clean_wrapped_calls(graph)
 
 
 def clean_wrapped_calls(graph: fx.Graph) -> fx.Graph:

@@ -64,3 +64,104 @@ def test_model_that_fails_its_forward_names_the_size(timm_model):
 
 def test_forward_shapes(timm_model):
     assert forward_shapes(timm_model("resnet18"), (3, 64, 64)) == (1, 1000)
+
+
+class _TokensToMap(nn.Module):
+    """Twins' PosConv pattern: tokens + a size argument, a residual conv on the map."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        fmap = x.transpose(1, 2).view(b, c, *size)
+        return (self.proj(fmap) + fmap).flatten(2).transpose(1, 2)
+
+
+class _SizeNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = _TokensToMap()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        size = x.shape[-2:]
+        return self.block(x.flatten(2).transpose(1, 2), (int(size[0]), int(size[1])))
+
+
+class _ConstantBlock(nn.Module):
+    """A forward that builds a tensor from constants (fx makes it a `_tensor_constant`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * torch.tensor([0.5]) + x
+
+
+class _SharedNet(nn.Module):
+    """CoaT's pattern: one module reachable under two names, called from a child's forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.shared = _ConstantBlock()
+        self.blocks = nn.ModuleList([_Caller(self.shared), _Caller(self.shared)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+class _Caller(nn.Module):
+    def __init__(self, shared: nn.Module) -> None:
+        super().__init__()
+        self.shared = shared
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.shared(x)) + x
+
+
+def test_size_arguments_stay_arguments():
+    import se_inject
+    m = _SizeNet().eval()
+    se = se_inject.apply(m, init="identity", input_size=(3, 8, 8))
+    assert se.block.se.channels == 16
+    for hw in (8, 12):  # traced at 8x8, runs at any size
+        x = torch.randn(2, 3, hw, hw)
+        torch.testing.assert_close(se(x), m(x), atol=1e-6, rtol=0)
+
+
+def test_shared_modules_keep_their_weights_and_constants_leave_no_trace():
+    import copy
+    import pickle
+
+    import se_inject
+    m = _SharedNet().eval()
+    se_inject.plan(m)
+    assert all(t.device.type == "cpu" for t in list(m.parameters()) + list(m.buffers()))
+    assert not any(k.startswith("_tensor_constant") for mod in m.modules() for k in vars(mod))
+    se = se_inject.apply(m, init="identity")
+    assert all(p.device.type == "cpu" for p in se.parameters())
+    assert not any("constant" in k for k in se.state_dict())  # constants are non-persistent buffers
+    x = torch.randn(2, 3, 8, 8)
+    for model in (se, copy.deepcopy(se), pickle.loads(pickle.dumps(se))):
+        torch.testing.assert_close(model(x), m(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "twins_pcpvt_small", "csatv2"])
+def test_timm_models_with_shared_blocks_sizes_and_constants(timm_model, name):
+    """coat: a CPE module shared by blocks; twins: PosConv(x, size); csatv2: tensor constants."""
+    import se_inject
+    m = timm_model(name).eval()
+    se = se_inject.apply(m, init="identity", input_size=(3, 224, 224))
+    assert all(p.device.type == "cpu" for p in list(m.parameters()) + list(se.parameters()))
+    x = torch.randn(1, 3, 256, 256) if name != "coat_lite_tiny" else torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(se(x), m(x), atol=1e-5, rtol=0)
