@@ -1,13 +1,14 @@
 """Zoo sweep: se_inject over every timm model (issue: any timm model).
 
-For each name in ``timm.list_models()`` (in a pool of worker processes, resumable: names already in
-the results file are skipped), one JSON line with: sites by kind, skipped sites by reason, params
+For each name in ``timm.list_models()`` (in worker processes that import torch once and take model
+after model; a failure is retried alone in a fresh process; resumable: names already in the results
+file are skipped), one JSON line with: sites by kind, skipped sites by reason, params
 added, plan/apply time, forward/backward ok, output shape unchanged, ONNX export + onnxruntime
 parity of the original and of the rewritten model, and the error class/message of any failure.
 Then ``zoo.md``: totals, a per-family table (family = timm's model module) and failures by cause.
 
     python benchmarks/zoo.py --plan-only                  # planning alone, meta device (< 20 min)
-    python benchmarks/zoo.py --jobs 2                      # everything (hours on 2 cores)
+    python benchmarks/zoo.py --jobs 2                      # everything (about 2 hours on 2 cores)
     python benchmarks/zoo.py --report-only                 # rebuild zoo.md from the JSON lines
 
 Planning runs on a meta-device model (no weights). The full run builds the real model
@@ -24,10 +25,12 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -119,6 +122,17 @@ def full_one(name: str, export: bool) -> dict[str, Any]:
     import se_inject
     out = plan_one(name)
     if "error" in out:
+        return out
+    if not out["se"]:  # no site: apply must still not raise; the meta model shows it without weights
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+        try:
+            t0 = time.perf_counter()
+            out["se_applied"] = sum(isinstance(m, se_inject.SqueezeExcite) for m in se_inject.apply(model).modules())
+            out["apply_s"] = round(time.perf_counter() - t0, 3)
+        except Exception as e:
+            out.update(_err("apply", e))
+            out["traceback"] = traceback.format_exc()[-1500:]
         return out
     torch.manual_seed(0)
     try:
@@ -237,6 +251,60 @@ def _isolated(name: str, export: bool, timeout: int) -> dict[str, Any]:
     return {"name": name, "family": _family(name), "error_stage": "worker", "error_class": "WorkerDied", "error": why}
 
 
+class _Server:
+    """A worker process that runs one model per line of stdin (``--serve``): imports torch and timm
+    once instead of once a model (~5 s each on this machine). Restarted after ``per_process`` models
+    (memory), after a timeout (killed) and after dying (out of memory: that model is reported)."""
+
+    def __init__(self, export: bool, timeout: int, per_process: int = 20) -> None:
+        self.export, self.timeout, self.per_process = export, timeout, per_process
+        self.proc: subprocess.Popen | None = None
+        self.served = 0
+
+    def _start(self) -> None:
+        cmd = [sys.executable, __file__, "--serve", "--timeout", str(self.timeout)] + ([] if self.export else ["--no-export"])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        self.served = 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def run(self, name: str) -> dict[str, Any]:
+        if self.proc is None or self.served >= self.per_process:
+            self.stop()
+            self._start()
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        self.served += 1
+        timer = threading.Timer(self.timeout + 60, self.stop)  # the worker's own alarm did not fire
+        timer.start()
+        try:
+            self.proc.stdin.write(name + "\n")
+            self.proc.stdin.flush()
+            for line in self.proc.stdout:
+                if line.startswith('{"name"'):
+                    return json.loads(line)
+        except (BrokenPipeError, ValueError, AttributeError):
+            pass
+        finally:
+            timer.cancel()
+        code = self.proc.poll() if self.proc is not None else None
+        self.stop()
+        why = f"killed by signal {-code} (out of memory?)" if code is not None and code < 0 else "worker stopped or timed out"
+        return {"name": name, "family": _family(name), "error_stage": "worker", "error_class": "WorkerDied", "error": why}
+
+
+def serve(export: bool, timeout: int) -> int:
+    """``--serve``: one model name a line on stdin, one JSON line each on stdout."""
+    for line in sys.stdin:
+        if line.strip():
+            print(json.dumps(_worker((line.strip(), False, export, timeout))), flush=True)
+    return 0
+
+
 def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: bool, timeout: int,
           serial_above: float = 300e6) -> None:
     """Run what ``results`` lacks. Planning runs in a pool of workers; the full run starts one process
@@ -266,14 +334,33 @@ def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: b
                     record(f, out)
             _log_session(results, len(todo), jobs, time.perf_counter() - t0, commit)
             return
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor, as_completed
         sizes = _param_counts(todo)
         small = [n for n in todo if sizes.get(n, 0) <= serial_above]
         big = [n for n in todo if sizes.get(n, 0) > serial_above]
-        for group, workers in ((small, jobs), (big, 1)):
-            with ThreadPoolExecutor(workers) as pool:
-                for out in pool.map(lambda n: _isolated(n, export, timeout), group):
-                    record(f, out)
+        servers = [_Server(export, timeout) for _ in range(jobs)]
+        free = queue.Queue()
+        for server in servers:
+            free.put(server)
+
+        def served(name: str) -> dict[str, Any]:
+            server = free.get()
+            try:
+                out = server.run(name)
+            finally:
+                free.put(server)
+            if out.get("error_stage"):  # once more alone in a fresh process: no state left by other models
+                server.stop()
+                out = {**_isolated(name, export, timeout), "retried_isolated": True}
+            return out
+
+        with ThreadPoolExecutor(jobs) as pool:
+            for done_future in as_completed([pool.submit(served, n) for n in small]):
+                record(f, done_future.result())
+        for server in servers:
+            server.stop()
+        for name in big:  # one at a time, each in its own process (memory)
+            record(f, _isolated(name, export, timeout))
     _log_session(results, len(todo), jobs, time.perf_counter() - t0, commit)
 
 
@@ -403,7 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one model, JSON on stdout
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # names on stdin, JSON on stdout
     args = ap.parse_args(argv)
+    if args.serve:
+        return serve(not args.no_export, args.timeout)
     if args.worker:
         out = _worker((args.worker, args.plan_only, not args.no_export, args.timeout))
         print(json.dumps(out), flush=True)
