@@ -309,12 +309,20 @@ def sweep(names: list[str], results: Path, jobs: int, plan_only: bool, export: b
           serial_above: float = 300e6) -> None:
     """Run what ``results`` lacks. Planning runs in a pool of workers; the full run starts one process
     per model, models over ``serial_above`` parameters last and one at a time (memory)."""
-    done = set()
+    last: dict[str, dict[str, Any]] = {}
     if results.exists():
         for line in results.read_text().splitlines():
             if line.strip():
-                done.add(json.loads(line)["name"])
+                row = json.loads(line)
+                last[row["name"]] = row
+    # a full run takes up rewritten models that a --no-export run left without ONNX (the new line wins)
+    upgrade = {n for n, r in last.items() if not plan_only and export and r.get("mode") == "forward"
+               and r.get("se_applied") and not r.get("error_stage")}
+    done = set(last) - upgrade
     todo = [n for n in names if n not in done]
+    if upgrade:  # in a fixed random order: the exports done by any time are a fair sample of the zoo
+        import random
+        random.Random(0).shuffle(todo)
     print(f"{len(names)} models, {len(done & set(names))} already in {results.name}, {len(todo)} to run", flush=True)
     commit = _commit()
     t0 = time.perf_counter()
@@ -391,7 +399,7 @@ def report(results: Path, out: Path, plan_results: Path | None, argv: list[str])
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     by_name = {r["name"]: r for r in rows}
     rows = list(by_name.values())
-    full = any(r.get("mode") == "full" for r in rows)
+    full = any(r.get("mode") in ("full", "forward") for r in rows)
     created = [r for r in rows if r.get("error_stage") not in ("create",)]
     raised = [r for r in created if r.get("error_stage") in ("plan", "apply", "worker")]
     with_se = [r for r in created if (r.get("se_applied") if full else r.get("se"))]
@@ -404,7 +412,8 @@ def report(results: Path, out: Path, plan_results: Path | None, argv: list[str])
         f"- timm {__import__('timm').__version__}, torch {__import__('torch').__version__}; commit {sorted({r.get('commit', '?') for r in rows})}; "
         f"{datetime.date.today()}; {platform.machine()}, {os.cpu_count()} cores",
         f"- command: `python benchmarks/zoo.py {' '.join(argv)}`",
-        f"- mode: {'full (create, plan, apply, forward, backward, ONNX export of original and rewritten)' if full else 'planning only, on the meta device'}",
+        f"- mode: {'full (create, plan, apply, forward, backward, ONNX export of original and rewritten)' if full else 'planning only, on the meta device'}"
+        + (f"; {sum(r.get('mode') == 'forward' for r in rows)} rows without ONNX export (`--no-export`)" if full else ""),
         "",
         "## Totals", "",
         f"- models: {len(rows)} ({len(rows) - len(created)} could not be created with pretrained=False)",
@@ -417,6 +426,7 @@ def report(results: Path, out: Path, plan_results: Path | None, argv: list[str])
         fwd = [r for r in with_se if r.get("forward_ok")]
         bwd = [r for r in with_se if r.get("backward_ok")]
         shape = [r for r in with_se if r.get("shape_ok")]
+        forward_only = [r for r in with_se if r.get("mode") == "forward"]
         orig_attempted = [r for r in with_se if "orig_export_ok" in r]
         orig_ok = [r for r in orig_attempted if r["orig_export_ok"]]
         se_ok = [r for r in orig_ok if r.get("se_export_ok")]
@@ -424,7 +434,8 @@ def report(results: Path, out: Path, plan_results: Path | None, argv: list[str])
             f"- rewritten models: forward ok {_pct(len(fwd), len(with_se))}, backward ok {_pct(len(bwd), len(with_se))}, "
             f"output shapes unchanged {_pct(len(shape), len(with_se))}",
             f"- ONNX: original exports + ORT parity {_pct(len(orig_ok), len(orig_attempted))} of rewritten models' originals "
-            f"tried ({len(with_se) - len(orig_attempted)} not tried: over {MAX_EXPORT_PARAMS / 1e6:.0f} M params or failed earlier); "
+            f"tried ({len(forward_only)} run without export (`--no-export`), "
+            f"{len(with_se) - len(orig_attempted) - len(forward_only)} not tried: over {MAX_EXPORT_PARAMS / 1e6:.0f} M params or failed earlier); "
             f"of those, rewritten exports + parity {_pct(len(se_ok), len(orig_ok))}",
         ]
         secs = sorted(r["apply_s"] for r in rows if "apply_s" in r)
