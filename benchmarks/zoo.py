@@ -181,6 +181,9 @@ def full_one(name: str, export: bool) -> dict[str, Any]:
         out.update(_err("forward_backward", e))
         out["forward_ok"] = out.get("forward_ok", False)
         out["backward_ok"] = False
+        if _out_of_memory(e):  # does the original fit where the rewritten one did not?
+            del se_model
+            out["original_fits"] = _trains(model, x)
         return out
     if not export:
         return out
@@ -204,8 +207,32 @@ def full_one(name: str, export: bool) -> dict[str, Any]:
     return out
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+
+
+def _trains(model, x) -> bool | str:
+    """Whether ``model`` runs forward + backward on ``x`` (True), or the error class."""
+    try:
+        y = model.train()(x)
+        sum(v.float().mean() for v in (y if isinstance(y, (tuple, list)) else [y])).backward()
+        return True
+    except Exception as e:
+        return "out of memory" if _out_of_memory(e) else type(e).__name__
+
+
+def _limit_memory() -> None:
+    """``ZOO_MEM_GB``: cap this worker's heap, so a model too big for the machine fails with an
+    allocation error instead of driving the machine into swap."""
+    gb = float(os.environ.get("ZOO_MEM_GB", "0"))
+    if gb > 0:
+        import resource
+        resource.setrlimit(resource.RLIMIT_DATA, (int(gb * 2**30), resource.RLIM_INFINITY))
+
+
 def _worker(args: tuple[str, bool, bool, int]) -> dict[str, Any]:
     name, plan_only, export, timeout = args
+    _limit_memory()
     import torch
     torch.set_num_threads(1)
     import warnings
