@@ -207,8 +207,12 @@ def full_one(name: str, export: bool) -> dict[str, Any]:
     return out
 
 
+def _out_of_memory_text(text: str) -> bool:
+    return "can't allocate memory" in text or "out of memory" in text.lower() or "MemoryError" in text
+
+
 def _out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+    return isinstance(e, MemoryError) or _out_of_memory_text(str(e))
 
 
 def _trains(model, x) -> bool | str:
@@ -428,7 +432,8 @@ def report(results: Path, out: Path, plan_results: Path | None, argv: list[str])
     rows = list(by_name.values())
     full = any(r.get("mode") in ("full", "forward") for r in rows)
     created = [r for r in rows if r.get("error_stage") not in ("create",)]
-    raised = [r for r in created if r.get("error_stage") in ("plan", "apply", "worker")]
+    oom = [r for r in created if r.get("error_stage") and _out_of_memory_text(r.get("error", ""))]
+    raised = [r for r in created if r.get("error_stage") in ("plan", "apply", "worker") and r not in oom]
     with_se = [r for r in created if (r.get("se_applied") if full else r.get("se"))]
     no_site = [r for r in created if not r.get("error_stage") and not r.get("se")]
     structured = [r for r in created if r.get("map_structure")]
@@ -438,9 +443,12 @@ def report(results: Path, out: Path, plan_results: Path | None, argv: list[str])
         "# se-inject over the timm zoo", "",
         f"- timm {__import__('timm').__version__}, torch {__import__('torch').__version__}; commit {sorted({r.get('commit', '?') for r in rows})}; "
         f"{datetime.date.today()}; {platform.machine()}, {os.cpu_count()} cores",
-        f"- command: `python benchmarks/zoo.py {' '.join(argv)}`",
+        f"- command: `python benchmarks/zoo.py {' '.join(argv)}`" if not any(r.get("mode") == "forward" for r in rows) else
+        "- commands: `python benchmarks/zoo.py --jobs 2 --no-export` (every model: plan, apply, forward, backward), then "
+        "`python benchmarks/zoo.py --jobs 2` (adds the ONNX exports to the rewritten models, in a fixed random order); "
+        "`ZOO_MEM_GB=15` for the models over 300 M params; invocations in `zoo.sessions.jsonl`",
         f"- mode: {'full (create, plan, apply, forward, backward, ONNX export of original and rewritten)' if full else 'planning only, on the meta device'}"
-        + (f"; {sum(r.get('mode') == 'forward' for r in rows)} rows without ONNX export (`--no-export`)" if full else ""),
+        + (f"; {sum(r.get('mode') == 'forward' and bool(r.get('se_applied')) for r in rows)} rewritten models without ONNX export (`--no-export`)" if full else ""),
         "",
         "## Totals", "",
         f"- models: {len(rows)} ({len(rows) - len(created)} could not be created with pretrained=False)",
@@ -450,16 +458,18 @@ def report(results: Path, out: Path, plan_results: Path | None, argv: list[str])
         f"gated everywhere (SE/ECA/split-attention blocks built in): {len(eligible)}; SE inserted in {_pct(len(eligible_se), len(eligible))}",
     ]
     if full:
-        fwd = [r for r in with_se if r.get("forward_ok")]
-        bwd = [r for r in with_se if r.get("backward_ok")]
-        shape = [r for r in with_se if r.get("shape_ok")]
         forward_only = [r for r in with_se if r.get("mode") == "forward"]
         orig_attempted = [r for r in with_se if "orig_export_ok" in r]
         orig_ok = [r for r in orig_attempted if r["orig_export_ok"]]
         se_ok = [r for r in orig_ok if r.get("se_export_ok")]
+        fits = [r for r in with_se if not (r in oom and r.get("original_fits") is not True)]
         lines += [
-            f"- rewritten models: forward ok {_pct(len(fwd), len(with_se))}, backward ok {_pct(len(bwd), len(with_se))}, "
-            f"output shapes unchanged {_pct(len(shape), len(with_se))}",
+            f"- did not fit in this machine's memory (heap capped by `ZOO_MEM_GB`): {len(oom)}"
+            + (f" ({', '.join(r['name'] for r in oom[:10])}); of those, the original model trains here: "
+               f"{sum(r.get('original_fits') is True for r in oom)}" if oom else ""),
+            f"- rewritten models that fit: forward ok {_pct(sum(bool(r.get('forward_ok')) for r in fits), len(fits))}, "
+            f"backward ok {_pct(sum(bool(r.get('backward_ok')) for r in fits), len(fits))}, "
+            f"output shapes unchanged {_pct(sum(bool(r.get('shape_ok')) for r in fits), len(fits))}",
             f"- ONNX: original exports + ORT parity {_pct(len(orig_ok), len(orig_attempted))} of rewritten models' originals "
             f"tried ({len(forward_only)} run without export (`--no-export`), "
             f"{len(with_se) - len(orig_attempted) - len(forward_only)} not tried: over {MAX_EXPORT_PARAMS / 1e6:.0f} M params or failed earlier); "
