@@ -428,7 +428,12 @@ def _pct(a: int, b: int) -> str:
 
 def report(results: Path, out: Path, plan_results: Path | None, argv: list[str]) -> str:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    by_name = {r["name"]: r for r in rows}
+    by_name: dict[str, dict[str, Any]] = {}
+    for r in rows:  # the newest line wins, except that running out of memory under a heap cap
+        before = by_name.get(r["name"])  # does not erase an earlier uncapped success
+        if before and not before.get("error_stage") and r.get("error_stage") and _out_of_memory_text(r.get("error", "")):
+            r = {**before, "export_skipped": f"out of memory in the export pass: {r['error'][:80]}"}
+        by_name[r["name"]] = r
     rows = list(by_name.values())
     full = any(r.get("mode") in ("full", "forward") for r in rows)
     created = [r for r in rows if r.get("error_stage") not in ("create",)]
