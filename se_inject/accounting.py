@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from .shapes import meta_state, model_device
+from .shapes import BACKENDS, model_device
 
 __all__ = ["count_params", "count_macs", "se_params", "se_macs"]
 
@@ -62,22 +61,20 @@ _EXTRA = {  # keyed by overload packet, as FlopCounterMode looks them up
 def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int | None:
     """Multiply-adds of one forward pass at batch 1 (model left untouched): on meta tensors, or
     under fake tensors where the forward mixes in a tensor of its own; ``None`` if neither runs."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        try:
-            with torch.no_grad(), counter:
-                functional_call(model, meta_state(model), (torch.empty((1, *input_size), device="meta"),),
-                                tie_weights=False, strict=False)
-        except Exception:  # e.g. a forward that builds a CPU tensor: the same count on fake tensors
+        for name in ("meta", "fake"):  # the shape pass's stand-in backends, in its order
+            backend = BACKENDS[name](model)
             counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
             try:
-                with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as fake, counter:
-                    model(fake.from_tensor(torch.empty((1, *input_size), device=model_device(model))))
-            except Exception:
-                return None
+                with backend.context(), counter:
+                    backend.run_module("", model, (backend.input((1, *input_size), model_device(model)),), {})
+                break
+            except Exception:  # e.g. a forward that builds a CPU tensor: try the next backend
+                continue
+        else:
+            return None
     finally:
         for m, was in modes:
             m.training = was

@@ -23,7 +23,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["meta_state", "Call", "BACKENDS", "record_calls", "annotate_shapes", "forward_shapes", "shapes_of", "eval_mode",
+__all__ = ["Call", "BACKENDS", "record_calls", "annotate_shapes", "forward_shapes", "shapes_of", "eval_mode",
            "model_device", "default_input_size", "first_line"]
 
 
@@ -68,28 +68,12 @@ class _Backend:
         return value
 
 
-def _named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-
-
-def meta_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Meta stand-ins for ``model``'s parameters and buffers for ``functional_call``, one name per
-    tensor: with a shared module's tensor under two names, ``functional_call`` would restore it to
-    the first stand-in and leave the model with meta weights."""
-    out, seen = {}, set()
-    for k, v in _named_tensors(model):
-        if id(v) not in seen:
-            seen.add(id(v))
-            out[k] = torch.empty_like(v, device="meta")
-    return out
-
-
 class _MetaBackend(_Backend):
     name = "meta"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        named = _named_tensors(model)
+        named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
         self.state = {k: torch.empty_like(v, device="meta") for k, v in named}
         self.identity = {k: id(v) for k, v in named}  # a shared module has several names per tensor
 
