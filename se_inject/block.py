@@ -1,4 +1,4 @@
-"""The Squeeze-and-Excitation block (paper §3, Eq. 2-4) in three layouts.
+"""The Squeeze-and-Excitation block (paper §3, Eq. 2-4) for feature maps of any rank and for tokens.
 
     >>> import torch
     >>> se = SqueezeExcite(256, r=16)
@@ -12,9 +12,14 @@
     )
     >>> se(torch.randn(2, 256, 7, 7)).shape
     torch.Size([2, 256, 7, 7])
+    >>> SqueezeExcite(64, spatial_dims=1)(torch.randn(2, 64, 100)).shape      # (N, C, L): audio, sequences
+    torch.Size([2, 64, 100])
+    >>> SqueezeExcite(64, spatial_dims=3)(torch.randn(2, 64, 4, 7, 7)).shape  # (N, C, T, H, W): video
+    torch.Size([2, 64, 4, 7, 7])
 
 Parameter names and shapes match timm's ``SEModule`` (``fc1``/``fc2`` 1x1 convs with bias), so a
-``seresnet50`` state dict loads into ``se_inject.apply(resnet50)``.
+``seresnet50`` state dict loads into ``se_inject.apply(resnet50)``. The same parameter shapes serve
+every map rank: the excitation is two matrix products on the squeezed ``(N, C)`` descriptor.
 
 ``init="identity"`` makes the block an exact identity when inserted: the gate becomes
 ``2 * sigmoid(z)`` with ``fc2`` zero-initialised, so ``z == 0`` and the gate is exactly ``1.0`` for
@@ -25,24 +30,40 @@ amplify a channel as well as suppress it.
 
 When the block sits at the end of a residual branch it can also perform the residual add:
 ``se(x, shortcut)`` returns ``shortcut + x * gate`` in one ``torch.addcmul``, which saves one
-pass over the feature map. It equals ``x * gate + shortcut`` up to the rounding of a fused
+pass over the feature map, and, with ``post_act="relu"``, the ReLU that follows the add in the
+block (ResNet's ``act3``). It equals ``x * gate + shortcut`` up to the rounding of a fused
 multiply-add (about one ulp), and exactly when the gate is 1 (``init="identity"``).
+
+The forward is plain PyTorch with every size fixed at construction, so a model holding the block
+can be traced again by torch.fx (feature extraction, FX quantization), scripted with TorchScript,
+compiled and exported. On CUDA tensors it runs the fused kernels of :mod:`se_inject.ops` instead
+(``kernels="auto"``, the default; ``"torch"`` keeps the PyTorch formulation everywhere).
 """
-from __future__ import annotations
+import math
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SqueezeExcite", "reduced_channels", "GATES", "SQUEEZES", "LAYOUTS", "INITS"]
+from .errors import SEInjectError
+
+__all__ = ["SqueezeExcite", "reduced_channels", "GATES", "SQUEEZES", "LAYOUTS", "INITS", "POST_ACTS", "KERNELS"]
 
 #: gate name -> activation module class (paper Eq. 3 uses the sigmoid).
 GATES: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
 #: squeeze names (paper Eq. 2 is global average pooling; ``avgmax`` is timm's 0.5 * (avg + max)).
 SQUEEZES = ("avg", "max", "avgmax")
-#: ``nchw``: channels-first feature maps (1x1 convs); ``nhwc``: channels-last maps; ``nlc``: tokens.
+#: where the channels are: ``nchw``: channels first, ``(N, C, *spatial)`` with 1 to 3 spatial dims
+#: (``(N, C, L)``, ``(N, C, H, W)``, ``(N, C, T, H, W)``); ``nhwc``: channels last, ``(N, *spatial, C)``;
+#: ``nlc``: token sequences ``(N, L, C)``.
 LAYOUTS = ("nchw", "nhwc", "nlc")
 INITS = ("default", "identity")
+#: what the block applies after the residual add it performs (the op that followed the add).
+POST_ACTS = (None, "relu")
+#: ``auto``: the fused kernels of se_inject.ops on CUDA tensors, PyTorch elsewhere; ``triton``: the
+#: kernels wherever they run (an error where they cannot); ``torch``: always the PyTorch formulation.
+KERNELS = ("auto", "triton", "torch")
 
 
 def reduced_channels(channels: int, r: float, divisor: int = 1, min_channels: int = 1) -> int:
@@ -54,8 +75,9 @@ def reduced_channels(channels: int, r: float, divisor: int = 1, min_channels: in
         >>> reduced_channels(2048, 16), reduced_channels(64, 16), reduced_channels(64, 16, divisor=8)
         (128, 4, 8)
     """
-    if channels < 1 or r <= 0 or divisor < 1:
-        raise ValueError(f"reduced_channels needs channels >= 1, r > 0, divisor >= 1 (got {channels}, {r}, {divisor})")
+    if channels < 1 or not (r > 0 and math.isfinite(r)) or divisor < 1:
+        raise ValueError(f"reduced_channels needs channels >= 1, a finite r > 0, divisor >= 1 "
+                         f"(got {channels}, {r}, {divisor})")
     value = channels / r
     floor = max(min_channels, divisor)
     return max(floor, int(value + divisor / 2) // divisor * divisor)
@@ -72,9 +94,17 @@ class SqueezeExcite(nn.Module):
         min_reduced: lower bound on the bottleneck width.
         gate: ``sigmoid`` (paper) or ``hard_sigmoid``.
         squeeze: ``avg`` (paper), ``max`` or ``avgmax``.
-        layout: ``nchw``, ``nhwc`` or ``nlc`` (``(batch, tokens, channels)``).
+        layout: ``nchw`` (channels first), ``nhwc`` (channels last) or ``nlc`` (tokens ``(N, L, C)``).
         init: ``default`` (PyTorch's layer init) or ``identity`` (see the module docstring).
+        spatial_dims: how many spatial dims the gated maps have: 2 for images (the default), 1 for
+            ``(N, C, L)`` sequences, 3 for ``(N, C, T, H, W)`` video and volumes; 1 for ``nlc``.
+        post_act: ``None``, or ``"relu"``: applied after the residual add (``se(x, shortcut)``).
+        kernels: ``auto``, ``triton`` or ``torch`` (see :data:`KERNELS`).
     """
+
+    # for TorchScript: attributes that may be None
+    post_act: Optional[str]
+    label: Optional[str]
 
     def __init__(
         self,
@@ -88,15 +118,26 @@ class SqueezeExcite(nn.Module):
         squeeze: str = "avg",
         layout: str = "nchw",
         init: str = "default",
+        spatial_dims: int | None = None,
+        post_act: str | None = None,
+        kernels: str = "auto",
     ) -> None:
         super().__init__()
         for name, value, allowed in (("gate", gate, tuple(GATES)), ("squeeze", squeeze, SQUEEZES),
-                                     ("layout", layout, LAYOUTS), ("init", init, INITS)):
+                                     ("layout", layout, LAYOUTS), ("init", init, INITS),
+                                     ("post_act", post_act, POST_ACTS), ("kernels", kernels, KERNELS)):
             if value not in allowed:
-                raise ValueError(f"SqueezeExcite: {name}={value!r} is not one of {', '.join(allowed)}")
+                raise ValueError(f"SqueezeExcite: {name}={value!r} is not one of {', '.join(map(str, allowed))}")
+        if spatial_dims is None:
+            spatial_dims = 1 if layout == "nlc" else 2
+        if spatial_dims not in ((1,) if layout == "nlc" else (1, 2, 3)):
+            raise ValueError(f"SqueezeExcite: spatial_dims={spatial_dims!r} must be 1, 2 or 3 (1 for nlc)")
         self.channels = int(channels)
         self.reduced = int(reduced) if reduced is not None else reduced_channels(channels, r, divisor, min_reduced)
         self.layout, self.squeeze, self.gate_name, self.init = layout, squeeze, gate, init
+        self.spatial_dims = int(spatial_dims)
+        self.post_act = post_act
+        self.kernels = kernels
         # nchw keeps timm's 1x1-conv parameter shapes; the maths below runs them as matmuls.
         fc = (lambda i, o: nn.Conv2d(i, o, 1, bias=True)) if layout == "nchw" else (lambda i, o: nn.Linear(i, o))
         self.fc1 = fc(self.channels, self.reduced)
@@ -109,28 +150,39 @@ class SqueezeExcite(nn.Module):
         # fused add may then write into it instead of allocating a new feature map.
         self.reuse_input = False
         #: the paper's name for this block (SE_<stage>_<block>, §6.3), set by se_inject.apply
-        self.label: str | None = None
+        self.label: Optional[str] = None
+        # Fixed at construction so that fx, TorchScript and export see constants, not x.dim().
+        first = 2 if layout == "nchw" else 1
+        self._pool_dims: List[int] = list(range(first, first + self.spatial_dims))
+        self._channel_dim = 1 if layout == "nchw" else -1
         if init == "identity":
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
 
     def extra_repr(self) -> str:
         label = f"label={self.label}, " if self.label else ""
+        extra = "".join(f", {k}={v}" for k, v, default in (
+            ("spatial_dims", self.spatial_dims, 1 if self.layout == "nlc" else 2), ("post_act", self.post_act, None),
+            ("kernels", self.kernels, "auto")) if v != default)
         return (f"{label}channels={self.channels}, reduced={self.reduced}, layout={self.layout}, "
-                f"squeeze={self.squeeze}, gate={self.gate_name}, init={self.init}")
+                f"squeeze={self.squeeze}, gate={self.gate_name}, init={self.init}{extra}")
 
-    def _spatial_dims(self, x: torch.Tensor) -> tuple[int, ...]:
-        if self.layout == "nchw":
-            return tuple(range(2, x.dim()))
-        return tuple(range(1, x.dim() - 1))
+    def __setstate__(self, state: dict) -> None:
+        # blocks pickled before spatial_dims/post_act/kernels existed (images only)
+        super().__setstate__(state)
+        if "_pool_dims" not in self.__dict__:
+            nchw = self.layout == "nchw"
+            self.spatial_dims = 2 if nchw else (1 if self.layout == "nlc" else 2)
+            self._pool_dims = list(range(2 if nchw else 1, (2 if nchw else 1) + self.spatial_dims))
+            self._channel_dim = 1 if nchw else -1
+            self.post_act, self.kernels = None, "auto"
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        dims = self._spatial_dims(x)
         if self.squeeze == "avg":
-            return x.mean(dims)
+            return x.mean(self._pool_dims)
         if self.squeeze == "max":
-            return x.amax(dims)
-        return 0.5 * (x.mean(dims) + x.amax(dims))
+            return x.amax(self._pool_dims)
+        return 0.5 * (x.mean(self._pool_dims) + x.amax(self._pool_dims))
 
     def excitation(self, x: torch.Tensor) -> torch.Tensor:
         """The gate (Eq. 3) for ``x``, shaped to broadcast against it (``(B, C, 1, 1)`` for nchw)."""
@@ -141,17 +193,58 @@ class SqueezeExcite(nn.Module):
         g = self.gate(F.linear(h, w2.reshape(w2.shape[0], -1), self.fc2.bias))
         if self.gate_scale != 1.0:
             g = g * self.gate_scale
-        # indexing with None exports as Unsqueeze in both ONNX exporters (a reshape does not)
-        if self.layout == "nchw":
-            return g[(...,) + (None,) * (x.dim() - 2)]
-        return g[(slice(None),) + (None,) * (x.dim() - 2)]
+        # unsqueeze (not a reshape): exports as Unsqueeze in both ONNX exporters, and needs no x.dim()
+        axis = -1 if self.layout == "nchw" else 1
+        for _ in range(self.spatial_dims):
+            g = g.unsqueeze(axis)
+        return g
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``x * gate`` (Eq. 4), or ``residual + x * gate`` when the block ends a residual branch."""
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x * gate`` (Eq. 4), or ``residual + x * gate`` (then ``post_act``) at the end of a residual branch."""
+        if not torch.jit.is_scripting():
+            if self._fused(x, residual):
+                return self._run_fused(x, residual)
         g = self.excitation(x)
         if residual is None:
             return x * g
-        if self.reuse_input and not torch.is_grad_enabled() and not torch.compiler.is_compiling() \
-                and not torch.jit.is_tracing() and x.shape == residual.shape:
-            return torch.addcmul(residual, x, g, out=x)
-        return torch.addcmul(residual, x, g)
+        if self.reuse_input and not torch.jit.is_scripting() and self._may_write_into(x, residual):
+            out = torch.addcmul(residual, x, g, out=x)
+        else:
+            out = torch.addcmul(residual, x, g)
+        if self.post_act is not None:  # "relu", the only post-add activation the block folds in
+            out = torch.relu_(out)  # in place on a fresh tensor, as the ReLU(inplace=True) it replaces
+        return out
+
+    @torch.jit.unused
+    def _may_write_into(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
+        """Inference only (no autograd, no tracing or compiling): ``x`` is a fresh map no one else reads."""
+        return (not torch.is_grad_enabled() and not isinstance(x, torch.fx.Proxy) and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing() and x.shape == residual.shape)
+
+    @torch.jit.unused
+    def _run_fused(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+        from . import ops
+        return ops.squeeze_excite(
+            x, residual, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+            channel_dim=self._channel_dim, squeeze=self.squeeze, gate=self.gate_name, gate_scale=self.gate_scale,
+            post_act=self.post_act, inplace=self.reuse_input and not torch.is_grad_enabled())
+
+    @torch.jit.unused
+    def _fused(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+        """Whether this call runs the fused kernels: never while fx-tracing, tracing, exporting or
+        on the CPU with ``kernels="auto"``; ``kernels="triton"`` insists (one-line error if it cannot)."""
+        if self.kernels == "torch" or isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing():
+            return False
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            return False
+        if self.kernels == "auto" and not x.is_cuda:
+            return False
+        from . import ops
+        why = ops.unsupported_reason(x, residual, channel_dim=self._channel_dim, squeeze=self.squeeze,
+                                     gate=self.gate_name)
+        if why is None:
+            return True
+        if self.kernels == "triton":
+            raise SEInjectError(f"{self.label or 'SqueezeExcite'}: kernels='triton' cannot run here ({why}); "
+                                "use kernels='auto' to fall back to PyTorch")
+        return False

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from .block import GATES, INITS, LAYOUTS, SQUEEZES
+from .block import GATES, INITS, KERNELS, LAYOUTS, SQUEEZES
 from .errors import PolicyError, did_you_mean
 from .sites import KINDS
 
@@ -156,7 +156,11 @@ SCHEMA: dict[str, Field] = {
     "init": Field("default", _choice(INITS), f"one of {', '.join(INITS)}",
                   "identity: the block is an exact identity when inserted (2*sigmoid gate, zero fc2), for pretrained nets."),
     "fuse_add": Field(True, _bool, "true or false",
-                      "At a residual add, compute shortcut + x * gate in one torch.addcmul (same numbers, less memory traffic)."),
+                      "At a residual add, compute shortcut + x * gate in one torch.addcmul (same numbers, less memory traffic), "
+                      "and the ReLU that follows the add when the add has no other use."),
+    "kernels": Field("auto", _choice(KERNELS), f"one of {', '.join(KERNELS)}",
+                     "auto: fused Triton kernels (se_inject.ops) on CUDA tensors, PyTorch elsewhere; triton: the kernels "
+                     "or an error; torch: always the PyTorch formulation. Export and fx tracing always see PyTorch."),
 }
 
 
@@ -179,6 +183,7 @@ class Policy:
     squeeze: str = "avg"
     init: str = "default"
     fuse_add: bool = True
+    kernels: str = "auto"
     #: where the policy came from (a preset name, a file, ``<python>``): errors name it.
     source: str = dataclasses.field(default="<python>", compare=False)
 

@@ -56,7 +56,8 @@ def _reference_tensor(module: nn.Module) -> torch.Tensor | None:
 def _make_block(p: Placement, plan: Plan, like: torch.Tensor | None) -> SqueezeExcite:
     policy = plan.policy
     se = SqueezeExcite(p.site.channels, p.r, reduced=p.reduced, gate=policy.gate, squeeze=policy.squeeze,
-                       layout=p.site.layout, init=policy.init)
+                       layout=p.site.layout, init=policy.init, spatial_dims=len(p.site.spatial) or None,
+                       kernels=policy.kernels)
     if like is not None:
         se = se.to(device=like.device, dtype=like.dtype)
     se.label = p.label
@@ -95,8 +96,13 @@ def _insert(graph: fx.Graph, nodes: dict[str, fx.Node], p: Placement, owner: nn.
         shortcut = add.args[1] if add.args[0] is branch else add.args[0]
         with graph.inserting_before(add):
             se_node = graph.call_module(p.name, (x, shortcut))
+        act = _only_relu_user(owner, add)
         add.replace_all_uses_with(se_node)
         graph.erase_node(add)
+        if act is not None:  # the block applies it: one pass over the map for add and ReLU (issue 11)
+            act.replace_all_uses_with(se_node)
+            graph.erase_node(act)
+            block.post_act = "relu"
         for dead in _chain(branch) if branch is not x else ():  # identity tail (DropPath(0.), Identity)
             if not dead.users and dead is not x:
                 graph.erase_node(dead)
@@ -114,6 +120,20 @@ def _insert(graph: fx.Graph, nodes: dict[str, fx.Node], p: Placement, owner: nn.
         users[0].replace_input_with(x, se_node)
     else:
         x.replace_all_uses_with(se_node, delete_user_cb=lambda u: u is not se_node)
+
+
+def _only_relu_user(owner: nn.Module, add: fx.Node) -> fx.Node | None:
+    """The ReLU that is the add's only user and reads nothing else (ResNet's ``act3``), if any."""
+    if len(add.users) != 1:
+        return None
+    user = next(iter(add.users))
+    if user.all_input_nodes != [add] or any(isinstance(v, fx.Node) for v in user.kwargs.values()):
+        return None
+    if user.op == "call_module":
+        return user if type(owner.get_submodule(user.target)) is nn.ReLU else None
+    if user.op == "call_function" and user.target in (torch.relu, torch.relu_, torch.nn.functional.relu):
+        return user
+    return user if user.op == "call_method" and user.target in ("relu", "relu_") else None
 
 
 def _chain(n: fx.Node) -> list[fx.Node]:
@@ -142,7 +162,43 @@ def _children(owner: nn.Module, blocks: dict[str, SqueezeExcite], after: dict[st
     return out
 
 
-def _build_owner(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> OwnerGraphModule:
+def _is_plain_sequential(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _build_sequential(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> nn.Module:
+    """An ``nn.Sequential`` owner (VGG's ``features``) stays an ``nn.Sequential`` of its class: each SE
+    block is a child right after the one whose output it gates, so running the children in order is
+    the rewritten forward, and iteration, slicing and ``len`` behave as for a hand-written net."""
+    owner = mg.module
+    like = _reference_tensor(owner)
+    blocks = {p.name: _make_block(p, plan, like) for p in placements}
+    nodes = {n.name: n for n in mg.graph.nodes}
+    after = {p.name: nodes[p.site.node].target for p in placements}
+    new = type(owner).__new__(type(owner))
+    new.__dict__.update(owner.__dict__)
+    new.__dict__["_modules"] = _children(owner, blocks, after)
+    for key in ("_parameters", "_buffers", "_non_persistent_buffers_set", "_forward_hooks", "_forward_pre_hooks",
+                "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
+                "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+                "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):
+        if key in owner.__dict__:
+            new.__dict__[key] = copy.copy(owner.__dict__[key])
+    return new
+
+
+def _in_sequence(mg: ModuleGraph, placements: list[Placement]) -> bool:
+    """Whether every block gates the output of a direct child of a plain ``nn.Sequential`` owner."""
+    if not _is_plain_sequential(mg.module):
+        return False
+    nodes = {n.name: n for n in mg.graph.nodes}
+    return all(not p.fused and nodes[p.site.node].op == "call_module" and "." not in nodes[p.site.node].target
+               for p in placements)
+
+
+def _build_owner(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> nn.Module:
+    if _in_sequence(mg, placements):
+        return _build_sequential(mg, placements, plan)
     graph, nodes = _copy_graph(mg.graph)
     _restore_argument_names(graph, mg.module)
     like = _reference_tensor(mg.module)
