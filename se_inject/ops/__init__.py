@@ -73,7 +73,8 @@ def unsupported_reason(x: torch.Tensor, residual: torch.Tensor | None, *, channe
         return f"squeeze={squeeze!r} or gate={gate!r} is not one the kernels implement"
     if not kernels.AVAILABLE:
         return "triton is not installed: pip install triton (or use kernels='torch')"
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and kernels.INTERPRETED):
+    # meta tensors hold no data: the op's meta implementation propagates the kernels' shapes
+    if x.device.type not in ("cuda", "meta") and not (x.device.type == "cpu" and kernels.INTERPRETED):
         return (f"x is on {x.device.type}: the Triton kernels take CUDA tensors "
                 "(CPU ones only under TRITON_INTERPRET=1)")
     if x.dtype not in DTYPES:

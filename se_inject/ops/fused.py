@@ -28,6 +28,7 @@ interpreter and for the fake tensors ``torch.compile`` traces CPU code with.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -74,6 +75,14 @@ def _matrix(w: torch.Tensor) -> torch.Tensor:
 
 def _float(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float()
+
+
+def _fp32_region(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device``: the MLP stays fp32 (module docstring). Meta tensors (shape
+    propagation) have no autocast to turn off."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _pooled(stats: torch.Tensor, squeeze: str) -> torch.Tensor:
@@ -135,7 +144,7 @@ def forward(x: torch.Tensor, residual: torch.Tensor | None, w1: torch.Tensor,
     """``(out, stats)``; ``out`` is written into the given tensor (``x`` for the in-place op) or a
     new map laid out as ``x``."""
     stats = _stats(x, channel_dim, squeeze)
-    with torch.autocast(x.device.type, enabled=False):  # the MLP runs in fp32 (module docstring)
+    with _fp32_region(x.device):
         _, _, g = _mlp(_pooled(stats, squeeze), w1, b1, w2, b2, gate, gate_scale)
     if out is None:
         out = torch.empty_like(x)
@@ -200,7 +209,7 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None,
     grad_res = torch.empty_like(x) if write_grad_residual else None
     grad_g, ties = _grad_reduce(grad_out, out, x, smax, grad_res, channel_dim)
 
-    with torch.autocast(x.device.type, enabled=False):
+    with _fp32_region(x.device):
         s = _pooled(stats, squeeze)
         h, z, g = _mlp(s, w1, b1, w2, b2, gate, gate_scale)
         grad_z = grad_g * gate_scale * GATE_GRADS[gate](z)

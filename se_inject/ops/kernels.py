@@ -41,11 +41,14 @@ __all__ = ["AVAILABLE", "INTERPRETED", "CONFIG", "TileConfig", "squeeze_partials
 
 @dataclasses.dataclass(frozen=True)
 class TileConfig:
-    """Launch heuristics. ``max_tile``: elements a program touches per step; ``programs_per_sm``:
-    how many programs a reduction wants per streaming multiprocessor before it splits ``L``;
-    ``cpu_programs``: the same target under the interpreter (tests raise it to exercise splits)."""
+    """Launch heuristics. ``max_tile``: elements a program touches per step, at most ``max_block``
+    along the stride-1 axis; ``programs_per_sm``: how many programs a reduction wants per streaming
+    multiprocessor before it splits ``L``; ``cpu_programs``: the same target under the interpreter.
+    Tests shrink the tiles to exercise partial blocks and splits on tiny maps, or grow them to run
+    a whole network through the (slow, per-program) interpreter."""
 
     max_tile: int = 4096
+    max_block: int = 128
     programs_per_sm: int = 4
     cpu_programs: int = 1
 
@@ -194,12 +197,12 @@ def _cdiv(a: int, b: int) -> int:
 
 def _tile(c: int, l: int, unit: int) -> tuple[int, int, int]:
     """``(BLOCK_C, BLOCK_L, num_warps)``: wide along the stride-1 axis of the map that leads."""
-    cap = CONFIG.max_tile
+    cap, block = CONFIG.max_tile, CONFIG.max_block
     if unit == layout.UNIT_C:
-        bc = min(_next_pow2(c), 128, cap)
+        bc = min(_next_pow2(c), block, cap)
         bl = max(1, min(_next_pow2(l), cap // bc))
     else:
-        bl = min(_next_pow2(l), 256, cap)
+        bl = min(_next_pow2(l), 2 * block, cap)
         bc = max(1, min(_next_pow2(c), cap // bl))
     return bc, bl, max(1, min(8, bc * bl // 512))
 
