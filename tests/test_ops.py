@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,15 +83,16 @@ def _cases() -> list[Case]:
         Case("ncdhw-3d", (2, 5, 2, 3, 2)),
         Case("ncdhw-channels_last_3d", (2, 5, 2, 3, 2), layout="channels_last_3d"),
         Case("ndhwc-3d", (2, 2, 3, 2, 5), channel_dim=-1, squeeze="avg"),
-        # C not a multiple of the block size (tiles are capped at 32 elements in the worker)
+        # C not a multiple of the block size (tiles are capped at 64 elements in the worker)
         Case("c19-nchw", (2, 19, 3, 3)),
-        Case("c37-channels_last", (2, 37, 2, 2), layout="channels_last"),
+        Case("c70-channels_last", (2, 70, 2, 2), layout="channels_last"),
         Case("c1", (2, 1, 4, 4), layout="channels_last"),
-        # 1x1 maps, batch 1 (a reduction split over L), long maps (several steps per program)
+        # 1x1 maps, batch 1 (a reduction split over L, several steps a program), a long map
         Case("1x1-nchw", (3, 7, 1, 1)),
         Case("1x1-nhwc", (3, 1, 1, 7), channel_dim=-1),
         Case("batch1-split-nchw", (1, 3, 12, 12)),
         Case("batch1-split-channels_last", (1, 5, 12, 12), layout="channels_last", squeeze="max"),
+        Case("long-map-nchw", (8, 1, 10, 20), squeeze="avg"),
         # non-contiguous inputs the kernels take by strides, and ones that fall back
         Case("channel-slice", (2, 5, 3, 3), layout="channel_slice"),
         Case("channel-slice-nhwc", (2, 3, 3, 5), channel_dim=-1, layout="channel_slice"),
@@ -248,7 +250,7 @@ def _worker() -> int:
     """Entry point of the interpreter subprocess: one JSON line per case on stdout."""
     assert kernels.INTERPRETED, "run with TRITON_INTERPRET=1 set before se_inject.ops is imported"
     # tiny tiles and a split target so that small maps still cover partial blocks and split reductions
-    kernels.CONFIG = kernels.TileConfig(max_tile=32, cpu_programs=8)
+    kernels.CONFIG = kernels.TileConfig(max_tile=64, cpu_programs=8)
     launched: list[str] = []
     for name in KERNELS:  # record each launch, so a case cannot pass on the PyTorch twins
         real = getattr(kernels, name)
@@ -347,42 +349,6 @@ def _opchecks() -> dict:
         "opcheck-inplace": lambda: torch.library.opcheck(torch.ops.se_inject.squeeze_excite_inplace.default,
                                                          _op_args(requires_grad=False)),
     }
-
-
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict[str, dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, __file__, "--interpreter-worker"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    results = {}
-    for line in p.stdout.splitlines():
-        if line.startswith("{"):
-            row = json.loads(line)
-            results[row["id"]] = row
-    if p.returncode != 0 or not results:
-        pytest.fail(f"interpreter worker exited {p.returncode}: {p.stderr[-3000:]}")
-    return results
-
-
-@pytest.mark.kernels
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_kernels_match_reference(interpreter_results, case):
-    row = interpreter_results.get(case.id)
-    assert row is not None, f"the interpreter worker did not report {case.id}"
-    assert row["ok"], row["message"]
-
-
-@pytest.mark.kernels
-def test_apply_resnet50_through_the_kernels(interpreter_results):
-    row = interpreter_results[E2E]
-    assert row["ok"], row["message"]
-
-
-@pytest.mark.kernels
-@pytest.mark.parametrize("name", list(_opchecks()))
-def test_opcheck_under_interpreter(interpreter_results, name):
-    row = interpreter_results[name]
-    assert row["ok"], row["message"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,13 +470,6 @@ def test_op_on_cpu_matches_reference(squeeze, residual, post_act, channels_last)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@needs_plain_cpu
-def test_opcheck_on_cpu():
-    args = _op_args()
-    torch.library.opcheck(torch.ops.se_inject.squeeze_excite.default, args)
-    torch.library.opcheck(torch.ops.se_inject.squeeze_excite_inplace.default, _op_args(requires_grad=False))
-
-
 def test_torch_compile_through_the_op():
     """fullgraph: the op traces (its fake impl), its autograd formula and backward op compile too."""
     args = [t.detach().requires_grad_() for t in _se_args()]
@@ -553,6 +512,88 @@ def test_private_apis_exist():
     with FakeTensorMode() as mode:
         assert not holds_data(mode.from_tensor(torch.ones(1)))
     assert kernels.AVAILABLE, "triton did not import: the fused op would always run the reference"
+
+
+@pytest.mark.slow
+def test_gpu_overhead_benchmark_smoke_run_on_cpu(tmp_path):
+    """benchmarks/gpu_overhead.py end to end at its smallest size: every model and block-end row,
+    and on the CPU the GPU figures marked not measured (never estimated)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_overhead", ROOT / "benchmarks" / "gpu_overhead.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "gpu_overhead.md"
+    assert bench.main(["--device", "cpu", "--smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    for row in ("| resnet50 |", "| apply(resnet50, kernels=auto) |", "| apply(resnet50, kernels=torch) |",
+                "| timm seresnet50 |", "## block end, forward + backward, [2, 16, 4, 4]", "| SE, PyTorch eager |",
+                "**Not measured**", bench.GPU_COMMAND):
+        assert row in text, f"{row!r} missing from the report"
+
+
+# ---------------------------------------------------------------------------------------------
+# The interpreter worker's results, one test per case. The worker starts with this module's first
+# test (when any selected test needs it) and runs beside the in-process tests above.
+
+def _spawn_worker() -> tuple[subprocess.Popen, tempfile.TemporaryFile, tempfile.TemporaryFile]:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, __file__, "--interpreter-worker"], cwd=ROOT, env=env,
+                            stdout=out, stderr=err, text=True)
+    return proc, out, err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _interpreter_worker(request):
+    needed = any("interpreter_results" in item.fixturenames for item in request.session.items
+                 if item.module is request.module)
+    worker = _spawn_worker() if needed else None
+    request.module._worker = worker
+    yield
+    if worker is not None and worker[0].poll() is None:
+        worker[0].kill()
+        worker[0].wait()
+
+
+@pytest.fixture(scope="module")
+def interpreter_results(request) -> dict[str, dict]:
+    proc, out, err = getattr(request.module, "_worker", None) or _spawn_worker()
+    try:
+        returncode = proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the interpreter worker ran over 600 s")
+    out.seek(0)
+    err.seek(0)
+    results = {}
+    for line in out.read().splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            results[row["id"]] = row
+    if returncode != 0 or not results:
+        pytest.fail(f"interpreter worker exited {returncode}: {err.read()[-3000:]}")
+    return results
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_kernels_match_reference(interpreter_results, case):
+    row = interpreter_results.get(case.id)
+    assert row is not None, f"the interpreter worker did not report {case.id}"
+    assert row["ok"], row["message"]
+
+
+@pytest.mark.kernels
+def test_apply_resnet50_through_the_kernels(interpreter_results):
+    row = interpreter_results[E2E]
+    assert row["ok"], row["message"]
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("name", list(_opchecks()))
+def test_opcheck_under_interpreter(interpreter_results, name):
+    row = interpreter_results[name]
+    assert row["ok"], row["message"]
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--interpreter-worker"]:

@@ -110,17 +110,24 @@ def _stats(x: torch.Tensor, channel_dim: int, squeeze: str) -> torch.Tensor:
     _, _, l = layout.ncl_shape(x, channel_dim)
     if launches_kernels(x):
         part = kernels.squeeze_partials(x, channel_dim, do_max)
-        mean = part[0].sum(0) / l
         if not do_max:
-            return mean.unsqueeze(0)
-        # the kernel's max skips NaNs; torch.amax returns NaN, and a NaN in a channel makes its sum NaN
-        peak = torch.where(torch.isnan(mean), mean, part[1].amax(0))
-        return torch.stack((mean, peak))
+            return _combine(part, "sum")
+        mean, peak = _combine(part[:1], "sum")[0], _combine(part[1:], "amax")[0]
+        # the kernel's max skips NaNs; torch.amax returns NaN, and a NaN in a channel makes its mean NaN
+        return torch.stack((mean, torch.where(torch.isnan(mean), mean, peak)))
     x3 = layout.ncl_view(x, channel_dim)
     mean = x3.sum(2, dtype=torch.float32) / l
     if not do_max:
         return mean.unsqueeze(0)
     return torch.stack((mean, x3.amax(2).float()))
+
+
+def _combine(part: torch.Tensor, how: str) -> torch.Tensor:
+    """``(K, S, N, C)`` partials -> ``(K, N, C)``: a view when the reduction was not split (most
+    layers of a batch-256 network), so no extra kernel runs."""
+    if part.shape[1] == 1:
+        return part[:, 0]
+    return part.sum(1) if how == "sum" else part.amax(1)
 
 
 def _excite(x: torch.Tensor, g: torch.Tensor, residual: torch.Tensor | None, out: torch.Tensor,
@@ -159,8 +166,8 @@ def _grad_reduce(grad_out: torch.Tensor, out: torch.Tensor | None, x: torch.Tens
                  channel_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(grad_g, ties)``, (N, C) fp32 (pass 1 of the backward)."""
     if launches_kernels(grad_out, out, x):
-        part = kernels.grad_reduce(grad_out, out, x, smax, grad_residual, channel_dim)
-        return part[0].sum(0), (part[1].sum(0) if smax is not None else None)
+        part = _combine(kernels.grad_reduce(grad_out, out, x, smax, grad_residual, channel_dim), "sum")
+        return part[0], (part[1] if smax is not None else None)
     go = layout.ncl_view(grad_out, channel_dim).float()
     if out is not None:
         go = torch.where(layout.ncl_view(out, channel_dim) > 0, go, 0.0)

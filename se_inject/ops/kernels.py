@@ -70,7 +70,7 @@ if triton is not None:
         return off
 
     @triton.jit
-    def _squeeze_kernel(x_ptr, part_ptr, N, C, L, sxn, sxc, sxl, l_per_split,
+    def _squeeze_kernel(x_ptr, part_ptr, N, C, L, sxn, sxc, sxl, l_per_split, inv_l,
                         X_UNIT: tl.constexpr, DO_MAX: tl.constexpr,
                         BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
         pid_c = tl.program_id(0)
@@ -91,7 +91,7 @@ if triton is not None:
             if DO_MAX:
                 peak = tl.maximum(peak, tl.where(m, v, float("-inf")))
         out = part_ptr + (split * N + n) * C + c  # part is (K, S, N, C)
-        tl.store(out, tl.sum(total, 1), mask=c_in)
+        tl.store(out, tl.sum(total, 1) * inv_l, mask=c_in)  # the splits' shares of the mean
         if DO_MAX:
             tl.store(out + tl.num_programs(2) * N * C, tl.max(peak, 1), mask=c_in)
 
@@ -246,13 +246,14 @@ def _launch(kernel, grid, *args, **kwargs) -> None:
 
 
 def squeeze_partials(x: torch.Tensor, channel_dim: int, do_max: bool) -> torch.Tensor:
-    """``(K, S, N, C)`` fp32: per-split spatial sums (``[0]``) and maxima (``[1]``, if ``do_max``)."""
+    """``(K, S, N, C)`` fp32: per-split shares of the spatial mean (``[0]``, they sum to it) and
+    maxima (``[1]``, if ``do_max``)."""
     n, c, l = layout.ncl_shape(x, channel_dim)
     (sxn, sxc, sxl), x_unit = _geometry(x, channel_dim)
     bc, bl, warps = _tile(c, l, x_unit)
     splits, per = _split(n * _cdiv(c, bc), l, bl, x.device)
     part = torch.empty((2 if do_max else 1, splits, n, c), device=x.device, dtype=torch.float32)
-    _launch(_squeeze_kernel, (_cdiv(c, bc), n, splits), x, part, n, c, l, sxn, sxc, sxl, per,
+    _launch(_squeeze_kernel, (_cdiv(c, bc), n, splits), x, part, n, c, l, sxn, sxc, sxl, per, 1.0 / l,
             X_UNIT=x_unit, DO_MAX=do_max, BLOCK_C=bc, BLOCK_L=bl, num_warps=warps)
     return part
 
