@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import os
 import platform
 import shlex
 import statistics
@@ -274,6 +275,21 @@ def _versions(device: torch.device) -> list[str]:
     return lines
 
 
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _load(start: float | None) -> str:
+    """The 1-minute load average at the start and the end: other jobs sharing the machine show here."""
+    end = _loadavg()
+    if start is None or end is None:
+        return ""
+    return f" Load average (1 min) at the start and the end: {start:.1f}, {end:.1f} ({os.cpu_count()} cores)."
+
+
 def _mib(b: int | None) -> str:
     return "n/a" if b is None else f"{b / 2**20:,.0f}"
 
@@ -282,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     amp = torch.bfloat16 if args.amp == "bf16" else None
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), _loadavg()
     lines = [f"# SE cost on {'the GPU' if device.type == 'cuda' else 'the CPU'} (issue 11)", "",
              *_versions(device),
              f"- command: `python benchmarks/gpu_overhead.py {shlex.join(argv if argv is not None else sys.argv[1:])}`",
@@ -294,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     models, fused_key = build_models(device)
     if fused_key != "triton":
         lines.append("- on the CPU the fused kernels do not run (they need CUDA): the kernels row runs "
-                     "`kernels=auto`, i.e. the PyTorch formulation, so it measures the same thing as `kernels=torch`")
+                     "`kernels=auto`, i.e. the PyTorch formulation, the same code as the `kernels=torch` row; "
+                     "the two rows' difference is this run's noise floor")
     x = torch.randn(args.batch, 3, args.image, args.image, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (args.batch,), device=device)
     diffs = output_diffs(models, x[:4], amp)
@@ -341,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                   "the repository root:", "", f"    {GPU_COMMAND}", "",
                   "(about 5-10 minutes, most of it torch.compile; `--modes train-eager,infer-eager,train-compiled` "
                   "covers the issue's targets in less.)", ""]
-    lines.append(f"Total wall time: {time.perf_counter() - t_start:.0f} s.")
+    lines.append(f"Total wall time: {time.perf_counter() - t_start:.0f} s.{_load(load_start)}")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

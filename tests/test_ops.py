@@ -507,8 +507,11 @@ def test_fake_impl_on_cuda_tensors():
 def test_private_apis_exist():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    import torch._library.triton as triton_lib
+
     from se_inject.ops._compat import holds_data, is_interpreted
     assert holds_data(torch.ones(1), None) and not is_interpreted(object())
+    assert triton_lib.get_triton_kernels_for_op("se_inject::squeeze_excite_backward") == list(kernels.BACKWARD_KERNELS)
     with FakeTensorMode() as mode:
         assert not holds_data(mode.from_tensor(torch.ones(1)))
     assert kernels.AVAILABLE, "triton did not import: the fused op would always run the reference"

@@ -65,9 +65,11 @@ def unsupported_reason(x: torch.Tensor, residual: torch.Tensor | None, *, channe
     Used to dispatch (:func:`squeeze_excite` runs the reference when it is not ``None``) and for
     errors (``fallback=False``):
 
-        >>> x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
-        >>> unsupported_reason(x, None, channel_dim=1, squeeze="avg", gate="sigmoid")  # on CUDA
+        >>> x = torch.randn(2, 8, 6, 6, dtype=torch.float64, device="cuda")
+        >>> unsupported_reason(x, None, channel_dim=1, squeeze="avg", gate="sigmoid")
         'x is torch.float64: the kernels take float32, float16 and bfloat16 maps'
+        >>> unsupported_reason(x.float()[:, :, ::2], None, channel_dim=1, squeeze="avg", gate="sigmoid")
+        "x's spatial dims do not collapse to one stride (a spatially sliced map): pass x.contiguous()"
     """
     if squeeze not in POOLS or gate not in GATES:
         return f"squeeze={squeeze!r} or gate={gate!r} is not one the kernels implement"

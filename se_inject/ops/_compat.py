@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ["holds_data", "is_interpreted"]
+__all__ = ["holds_data", "is_interpreted", "declare_op_kernels"]
 
 
 def holds_data(*tensors: torch.Tensor | None) -> bool:
@@ -29,3 +29,14 @@ def is_interpreted(kernel: object) -> bool:
     except ImportError:
         return False
     return isinstance(kernel, InterpretedFunction)
+
+
+def declare_op_kernels(op_name: str, kernels: tuple) -> None:
+    """Tell torch which Triton kernels a ``triton_op`` launches.
+
+    ``triton_op`` finds them by reading the op's source for ``wrap_triton(name)`` calls, which does
+    not see through our launchers; AOTAutograd's cache hashes the kernels it lists, so without this
+    an edited kernel could be served from a stale compiled artifact.
+    """
+    import torch._library.triton as triton_lib
+    triton_lib.triton_ops_to_kernels[op_name] = list(kernels)

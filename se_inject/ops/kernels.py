@@ -183,8 +183,11 @@ if triton is not None:
     AVAILABLE = True
     #: True when TRITON_INTERPRET=1 was set before this module was imported: kernels take CPU tensors.
     INTERPRETED = is_interpreted(_squeeze_kernel)
+    #: the kernels each op launches (torch.compile's caches hash their source)
+    FORWARD_KERNELS, BACKWARD_KERNELS = (_squeeze_kernel, _excite_kernel), (_grad_reduce_kernel, _grad_input_kernel)
 else:
     AVAILABLE = INTERPRETED = False
+    FORWARD_KERNELS = BACKWARD_KERNELS = ()
 
 
 def _next_pow2(n: int) -> int:
@@ -240,8 +243,11 @@ def _geometry(t: torch.Tensor | None, channel_dim: int) -> tuple[tuple[int, int,
 
 
 def _launch(kernel, grid, *args, **kwargs) -> None:
+    if INTERPRETED:  # CPU tensors through NumPy: nothing to trace (torch.compile takes the twins)
+        kernel[grid](*args, **kwargs)
+        return
     # wrap_triton makes the launch visible to torch.compile/make_fx (a higher-order op that
-    # Inductor fuses around); in eager it is the kernel itself.
+    # Inductor schedules and fuses around); in eager it is the kernel itself.
     torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
 
 

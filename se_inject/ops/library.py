@@ -27,7 +27,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import fused
+from . import fused, kernels
+from ._compat import declare_op_kernels
 
 __all__ = ["squeeze_excite_op", "squeeze_excite_backward_op", "squeeze_excite_inplace_op"]
 
@@ -94,3 +95,7 @@ def _backward(ctx, grad_out: Tensor, _grad_stats: Optional[Tensor]):
 
 
 squeeze_excite_op.register_autograd(_backward, setup_context=_setup_context)
+for _name, _kernels in (("se_inject::squeeze_excite", kernels.FORWARD_KERNELS),
+                        ("se_inject::squeeze_excite_inplace", kernels.FORWARD_KERNELS),
+                        ("se_inject::squeeze_excite_backward", kernels.BACKWARD_KERNELS)):
+    declare_op_kernels(_name, _kernels)
