@@ -3,7 +3,7 @@
     >>> from se_inject.policy import load_policy
     >>> p = load_policy("paper-no-last-stage")
     >>> p.r, p.skip_last_stage, p.kinds
-    (16, True, ('residual', 'multibranch', 'inception'))
+    (16, True, ('residual', 'multibranch', 'inception', 'split'))
     >>> p.replace(r=8).r
     8
 
@@ -132,10 +132,11 @@ def _r_by_path(key: str, v: Any) -> tuple[tuple[str, float], ...]:
 
 #: every policy key: default, checker, what is expected, documentation (the README table comes from here).
 SCHEMA: dict[str, Field] = {
-    "kinds": Field(("residual", "multibranch", "inception"), _subset(KINDS), f"a list of {', '.join(KINDS)}",
+    "kinds": Field(("residual", "multibranch", "inception", "split"), _subset(KINDS), f"a list of {', '.join(KINDS)}",
                    "Site kinds that get an SE block (see *Site kinds*)."),
     "conv_fallback": Field(True, _bool, "true or false",
-                           "When the model has no site of the chosen kinds at all (VGG), gate conv->norm->act units instead."),
+                           "When the model has no site of the chosen kinds at all: gate its dense-block outputs (concat "
+                           "sites: DenseNet), else its conv->norm->act units (VGG)."),
     "r": Field(16, _positive_number, "a number > 0", "Reduction ratio: the excitation bottleneck is C/r wide (paper §3.2, §6.3)."),
     "r_per_stage": Field((), _r_per_stage, "a mapping stage -> r",
                          "r for the sites of one stage (stage = log2 of input size / map size, the paper's SE_<stage>_<block>)."),
