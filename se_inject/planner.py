@@ -316,6 +316,8 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
 
 
 def _why_nothing(sites: list[Site], policy: Policy) -> str:
+    if not policy.kinds and not policy.conv_fallback:
+        return f"policy {policy.source} gates no site kind: the plain backbone"
     if not sites:
         return ("no site found: no residual add, channel concat or conv->act unit in any traceable module "
                 "(see `se-inject plan --verbose` for modules fx could not trace)")

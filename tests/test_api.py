@@ -130,7 +130,7 @@ def test_bad_policy_leaves_model_untouched(timm_model, tmp_path):
         se_inject.apply(model, str(bad), inplace=True)
     with pytest.raises(PolicyError, match=r"key 'include': glob 'layer9.\*' matches no module of ResNet \(module paths look like"):
         se_inject.apply(model, include=["layer9.*"], inplace=True)
-    with pytest.raises(PolicyError, match="key 'r' must be a number > 0"):
+    with pytest.raises(PolicyError, match="key 'r' must be a finite number > 0"):
         se_inject.apply(model, r=0, inplace=True)
     assert state_equal(model, before) and type(model.layer1[0]) is type(before.layer1[0])
 

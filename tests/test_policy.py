@@ -31,15 +31,15 @@ def test_replace_validates():
     assert load_policy().replace(r=8, divisor=8).divisor == 8
     with pytest.raises(PolicyError, match=r"keyword override 'rr' is not a policy key \(did you mean 'r'\?\)"):
         load_policy().replace(rr=8)
-    with pytest.raises(PolicyError, match="key 'r' must be a number > 0, got -1"):
+    with pytest.raises(PolicyError, match="key 'r' must be a finite number > 0, got -1"):
         load_policy().replace(r=-1)
 
 
 @pytest.mark.parametrize("text,message", [
     ("rr: 16\n", r"bad.yaml: key 'rr' is not a policy key \(did you mean 'r'\?\)"),
-    ("r: sixteen\n", r"bad.yaml: key 'r' must be a number > 0, got 'sixteen' \(str\)"),
-    ("r: 0\n", r"bad.yaml: key 'r' must be a number > 0, got 0 \(int\)"),
-    ("r: -2.5\n", r"bad.yaml: key 'r' must be a number > 0"),
+    ("r: sixteen\n", r"bad.yaml: key 'r' must be a finite number > 0, got 'sixteen' \(str\)"),
+    ("r: 0\n", r"bad.yaml: key 'r' must be a finite number > 0, got 0 \(int\)"),
+    ("r: -2.5\n", r"bad.yaml: key 'r' must be a finite number > 0"),
     ("skip_last_stage: yes please\n", r"bad.yaml: key 'skip_last_stage' must be true or false"),
     ("kinds: [residual, inceptoin]\n", r"bad.yaml: key 'kinds' must be one of .*got 'inceptoin' \(did you mean 'inception'\?\)"),
     ("gate: softmax\n", r"bad.yaml: key 'gate' must be one of sigmoid, hard_sigmoid"),
