@@ -270,7 +270,6 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
         raise TraceError(f"{type(model).__name__}: {first.error} (module {path or '<model>'}; no module of it could be "
                          "traced, even inside its children: make the data-dependent branch a submodule or use torch.cond)")
     sites = find_sites(traced)
-    _check_stages(policy, sites, model)
     notes = list(traced.notes)
 
     kinds = policy.kinds
@@ -282,6 +281,7 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
                 break
 
     considered = [s for s in sites if s.kind in kinds]
+    _check_stages(policy, considered, model)
     stages = [s.stage for s in considered if s.status == "ok" and s.stage is not None]
     last_stage = max(stages) if stages else None
     labels = _labels(considered)

@@ -19,6 +19,7 @@ from .block import SqueezeExcite
 from .errors import TraceError
 from .graph_module import OwnerGraphModule
 from .planner import Placement, Plan
+from .preserve import preserved
 from .shapes import forward_shapes, graph_constants
 from .tracing import ModuleGraph
 
@@ -53,7 +54,7 @@ def _reference_tensor(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def _make_block(p: Placement, plan: Plan, like: torch.Tensor | None) -> SqueezeExcite:
+def _make_block(p: Placement, plan: Plan, owner: nn.Module, like: torch.Tensor | None) -> SqueezeExcite:
     policy = plan.policy
     se = SqueezeExcite(p.site.channels, p.r, reduced=p.reduced, gate=policy.gate, squeeze=policy.squeeze,
                        layout=p.site.layout, init=policy.init, spatial_dims=len(p.site.spatial) or None,
@@ -61,7 +62,7 @@ def _make_block(p: Placement, plan: Plan, like: torch.Tensor | None) -> SqueezeE
     if like is not None:
         se = se.to(device=like.device, dtype=like.dtype)
     se.label = p.label
-    return se
+    return se.train(owner.training)  # an eval-mode model gets eval-mode blocks
 
 
 def _branch_user(graph_nodes: dict[str, fx.Node], x: fx.Node, add: fx.Node) -> fx.Node:
@@ -172,7 +173,7 @@ def _build_sequential(mg: ModuleGraph, placements: list[Placement], plan: Plan) 
     the rewritten forward, and iteration, slicing and ``len`` behave as for a hand-written net."""
     owner = mg.module
     like = _reference_tensor(owner)
-    blocks = {p.name: _make_block(p, plan, like) for p in placements}
+    blocks = {p.name: _make_block(p, plan, owner, like) for p in placements}
     nodes = {n.name: n for n in mg.graph.nodes}
     after = {p.name: nodes[p.site.node].target for p in placements}
     new = type(owner).__new__(type(owner))
@@ -205,7 +206,7 @@ def _build_owner(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> nn
     blocks: dict[str, SqueezeExcite] = {}
     after: dict[str, str | None] = {}
     for p in sorted(placements, key=lambda p: p.site.order):
-        blocks[p.name] = _make_block(p, plan, like)
+        blocks[p.name] = _make_block(p, plan, mg.module, like)
         src = nodes[p.site.node]
         after[p.name] = src.target.split(".")[0] if src.op == "call_module" else None
         _insert(graph, nodes, p, mg.module, blocks[p.name])
@@ -240,7 +241,8 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
         parent._modules[name] = built[path]
     if check:
         try:
-            _check_forward(model, plan)
+            with preserved(model):  # the check's forward leaves no trace (issue 10: cached anchors)
+                _check_forward(plan)
         except Exception as e:
             for parent, name, original in reversed(swapped):
                 parent._modules[name] = original
@@ -248,8 +250,9 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
     return model
 
 
-def _check_forward(model: nn.Module, plan: Plan) -> None:
-    """One forward of the rewritten model on stand-in tensors: it runs and its output shapes are unchanged."""
-    after = forward_shapes(model, plan.input_size, plan.traced.backend)
+def _check_forward(plan: Plan) -> None:
+    """One forward of the rewritten model (the traced part of it) on stand-in tensors: it runs and
+    its output shapes are unchanged."""
+    after = forward_shapes(plan.traced.module, plan.input_size, plan.traced.backend)
     if plan.traced.output_shapes is not None and after != plan.traced.output_shapes:
         raise TraceError(f"output shapes changed from {plan.traced.output_shapes} to {after}")

@@ -79,3 +79,27 @@ def test_readme_reference_is_generated_from_the_schema():
     from pathlib import Path
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert policy_reference() in readme
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -float("inf")])
+def test_r_must_be_finite(value):
+    with pytest.raises(PolicyError, match="key 'r' must be a finite number > 0"):
+        load_policy().replace(r=value)
+    with pytest.raises(PolicyError, match=r"key 'r_per_stage\[3\]' must be a finite number > 0"):
+        load_policy().replace(r_per_stage={3: value})
+
+
+def test_base_path_is_read_from_the_folder_of_the_file_naming_it(tmp_path, monkeypatch):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "common.yaml").write_text("base: paper\nr: 8\n")
+    (tmp_path / "policies" / "mine.yaml").write_text("base: common.yaml\ndivisor: 8\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)              # not where the files are
+    p = load_policy(tmp_path / "policies" / "mine.yaml")
+    assert (p.r, p.divisor) == (8, 8)
+
+
+def test_none_preset_gates_nothing():
+    p = load_policy("none")
+    assert p.kinds == () and not p.conv_fallback
