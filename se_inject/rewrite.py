@@ -18,6 +18,7 @@ from torch import nn
 from .block import SqueezeExcite
 from .errors import TraceError
 from .graph_module import OwnerGraphModule
+from .operators import fresh_output
 from .planner import Placement, Plan
 from .preserve import preserved
 from .shapes import forward_shapes, graph_constants
@@ -76,16 +77,9 @@ def _branch_user(graph_nodes: dict[str, fx.Node], x: fx.Node, add: fx.Node) -> f
     return add
 
 
-#: modules whose output is a new tensor (not a view of their input, nor returned twice).
-_FRESH_OUTPUT = (nn.modules.batchnorm._NormBase, nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)
-
-
 def _fresh(owner: nn.Module, x: fx.Node) -> bool:
     """Whether the fused add may overwrite ``x`` in inference: a new tensor that only the SE reads."""
-    if x.op != "call_module" or len(x.users) != 1:
-        return False
-    m = owner.get_submodule(x.target)
-    return isinstance(m, _FRESH_OUTPUT) or type(m).__name__ in ("BatchNormAct2d", "GroupNormAct", "LayerNormAct2d")
+    return x.op == "call_module" and len(x.users) == 1 and fresh_output(owner.get_submodule(x.target))
 
 
 def _insert(graph: fx.Graph, nodes: dict[str, fx.Node], p: Placement, owner: nn.Module,

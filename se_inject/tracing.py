@@ -30,6 +30,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from .errors import TraceError
+from .operators import is_learned
 from .shapes import (BACKENDS, GRAPH_CONSTANTS, Call, annotate_shapes, check_input_size, default_input_size, eval_mode,
                      expected_input, first_line, forward_shapes, model_device, record_calls, shapes_of)
 
@@ -204,11 +205,10 @@ def _owner_mode(module: nn.Module, training: bool) -> Iterator[None]:
 def learned_paths(model: nn.Module) -> set[str]:
     """Paths of every module whose subtree holds a weight of 2+ dims (a conv, a linear layer)."""
     paths: set[str] = set()
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            parts = name.split(".")[:-1]
-            for i in range(len(parts) + 1):
-                paths.add(".".join(parts[:i]))
+    for name, m in model.named_modules():
+        if is_learned(m):
+            parts = name.split(".") if name else []
+            paths.update(".".join(parts[:i]) for i in range(len(parts) + 1))
     return paths
 
 
