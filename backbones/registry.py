@@ -88,6 +88,6 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
         list_names, create = SOURCES[src]
         if bare in list_names():
             return create(bare, **kwargs)
-    pool = [n for src in sources for n in SOURCES[src][0]()]
-    raise BackboneError(f"unknown backbone {name!r}{did_you_mean(bare, pool)}; "
+    pool = [f"{prefix}:{n}" if prefix else n for src in sources for n in SOURCES[src][0]()]
+    raise BackboneError(f"unknown backbone {name!r}{did_you_mean(name, pool)}; "
                         "see `se-inject backbones` or backbones.list_backbones()")

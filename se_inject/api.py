@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 from torch import nn
 
-from .planner import Plan, make_plan
+from .planner import Plan, check_model, make_plan
 from .policy import Policy
 from .rewrite import rewrite
 
-__all__ = ["apply", "plan"]
+__all__ = ["apply", "plan", "NothingInserted"]
 
 
 def plan(model: nn.Module, policy: Policy | str | None = None, *, input_size: tuple[int, ...] | None = None,
@@ -42,9 +43,31 @@ def apply(model: nn.Module, policy: Policy | str | None = None, *, inplace: bool
         >>> model = se_inject.apply(timm.create_model("resnet50"), r=16)   # timm's seresnet50
         >>> type(model).__name__, type(model.layer1[0]).__name__, model.layer1[0].se.fc1.weight.shape
         ('ResNet', 'Bottleneck', torch.Size([16, 256, 1, 1]))
-        >>> se_inject.apply(model).layer1[0].se is not None                # applying twice adds nothing
-        True
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     _ = se_inject.apply(model)                                   # applying twice adds nothing...
+        >>> print(caught[0].message)                                         # ...and says so
+        se_inject.apply: no SE block inserted into ResNet: 16 sites skipped: already gated
+
+    A detector (torchvision's Faster R-CNN, RetinaNet, FCOS, SSD) gets SE in its backbone; a model
+    whose forward fails on an image batch but has a ``backbone`` too. New blocks are in the mode of
+    the module that holds them (an ``eval()`` model gets eval-mode blocks).
+
+    Raises:
+        SEInjectError: ``model`` is not a module instance (a class, a name, a state dict).
+        PolicyError: a bad policy key or value, a glob or ``r_per_stage`` stage that matches nothing.
+        TraceError: the model's forward fails at ``input_size``, or no part of it can be traced.
+    Warns:
+        NothingInserted: no site passed the policy (the message counts the reasons).
     """
+    check_model(model, "se_inject.apply")
     target = model if inplace else copy.deepcopy(model)
     the_plan = make_plan(target, policy, input_size=input_size, count_flops=False, **overrides)
+    if not the_plan.placements and the_plan.policy.kinds:
+        warnings.warn(f"se_inject.apply: no SE block inserted into {the_plan.model_name}: {the_plan.why_nothing()}",
+                      NothingInserted, stacklevel=2)
     return rewrite(target, the_plan)
+
+
+class NothingInserted(UserWarning):
+    """``apply`` changed nothing: no site of the model passed the policy (the message says why)."""

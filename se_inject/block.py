@@ -188,9 +188,9 @@ class SqueezeExcite(nn.Module):
         """The gate (Eq. 3) for ``x``, shaped to broadcast against it (``(B, C, 1, 1)`` for nchw)."""
         s = self._pool(x)  # (B, C): the channel descriptor z of Eq. 2
         # A 1x1 conv on a 1x1 map is a matmul; F.linear avoids the conv dispatch (~2x faster on CPU).
-        w1, w2 = self.fc1.weight, self.fc2.weight
-        h = self.act(F.linear(s, w1.reshape(w1.shape[0], -1), self.fc1.bias))
-        g = self.gate(F.linear(h, w2.reshape(w2.shape[0], -1), self.fc2.bias))
+        # flatten(1), not reshape(shape[0], -1): no size is read, so FX quantization can fold it
+        h = self.act(F.linear(s, self.fc1.weight.flatten(1), self.fc1.bias))
+        g = self.gate(F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias))
         if self.gate_scale != 1.0:
             g = g * self.gate_scale
         # unsqueeze (not a reshape): exports as Unsqueeze in both ONNX exporters, and needs no x.dim()

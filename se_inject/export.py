@@ -34,6 +34,7 @@ from torch import nn
 
 from .block import SqueezeExcite
 from .errors import ExportError
+from .files import publish
 from .onnx_graph import (SE_BLOCKS_KEY, _unique, fold_weight_reshapes, name_batch_dim, name_folded_weights,
                          name_nodes, name_scoped_nodes, se_nodes)
 
@@ -394,8 +395,8 @@ def export_onnx(
             nbytes = tmp_file.stat().st_size + ((tmp_dir / data).stat().st_size if data else 0)
             found = tuple(b for b, ops in se_nodes(proto).items() if ops)
             if data:
-                os.replace(tmp_dir / data, path.parent / f"{path.name}.data")
-            os.replace(tmp_file, path)
+                publish(tmp_dir / data, path.parent / f"{path.name}.data")
+            publish(tmp_file, path)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
 

@@ -23,33 +23,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from . import operators as ops
 from .tracing import ModuleGraph
 
-__all__ = ["OwnerGraph", "GATE_CLASSES", "TRANSPARENT_MODULES", "ACT_MODULES", "CAT_FUNCTIONS"]
-
-#: class names of modules that already gate channels (timm, torchvision and common repos).
-GATE_CLASSES = frozenset({
-    "SqueezeExcite", "SEModule", "SqueezeExcitation", "EffectiveSEModule", "EcaModule", "CecaModule",
-    "GatherExcite", "CbamModule", "LightCbamModule", "SEBlock", "SELayer", "SqueezeExcite2d",
-    "SqueezeExciteCl", "SEWeightModule", "SplitAttn", "SelectiveKernelAttn", "GlobalContext",
-})
-#: modules that are identity-like in eval and per-sample in training: SE goes before them.
-TRANSPARENT_MODULES = frozenset({"Identity", "DropPath", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
-                                 "AlphaDropout", "DropBlock2d", "StochasticDepth"})
-TRANSPARENT_FUNCTIONS = frozenset({F.dropout, F.dropout1d, F.dropout2d, torch.dropout})
-ACT_MODULES = frozenset({"ReLU", "ReLU6", "SiLU", "Swish", "GELU", "Hardswish", "HardSwish", "LeakyReLU",
-                         "Mish", "PReLU", "ELU", "CELU", "SELU", "GELUTanh", "QuickGELU", "Sigmoid",
-                         "Tanh", "HardMish", "Hardtanh"})
-ACT_FUNCTIONS = frozenset({F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, F.mish,
-                           F.elu, torch.nn.functional.relu_, torch.relu_})
-ACT_METHODS = frozenset({"relu", "relu_"})
-ADD_FUNCTIONS = frozenset({operator.add, operator.iadd, torch.add})
-ADD_METHODS = frozenset({"add", "add_"})
-CAT_FUNCTIONS = frozenset({torch.cat, torch.concat, torch.concatenate})
-CONV_FUNCTIONS = frozenset({F.conv2d})
-NORM_WORDS = ("Norm",)
-
-
+__all__ = ["OwnerGraph"]
 
 @dataclass
 class OwnerGraph:
@@ -94,20 +71,30 @@ class OwnerGraph:
         """Learned layers (weights of 2+ dims) the node runs: its depth in conv/linear units."""
         m = self.submodule(n)
         if m is not None:
-            return sum(1 for sub in m.modules() if any(p.dim() >= 2 for p in sub.parameters(recurse=False)))
-        if n.op == "call_function" and n.target in (F.conv2d, F.conv1d, F.linear, torch.matmul, torch.bmm):
-            return 1
-        return 0
+            return len(ops.learned_layers(m))
+        return int(n.op == "call_function" and n.target in ops.LEARNED_FUNCTIONS)
 
     def is_gate(self, n: fx.Node) -> bool:
+        """The node runs a channel gate (SE, ECA, CBAM, ... :data:`se_inject.operators.GATES`)."""
         m = self.submodule(n)
-        return m is not None and type(m).__name__ in GATE_CLASSES
+        return m is not None and ops.is_gate(m)
+
+    def holds_gate(self, n: fx.Node) -> bool:
+        """The node runs a gate or a module that holds one (torchvision keeps its SE inside a
+        ``Sequential``: MBConv's ``block``, RegNet's ``f``)."""
+        m = self.submodule(n)
+        return m is not None and ops.contains_gate(m)
+
+    def dilation(self, nodes: "set[fx.Node]") -> int:
+        """The smallest dilation of the spatial convs the ``nodes`` run (1 when none is dilated)."""
+        found = [d for n in nodes if (m := self.submodule(n)) is not None and (d := ops.conv_dilation(m)) is not None]
+        return min(found) if found else 1
 
     def is_transparent(self, n: fx.Node) -> bool:
         m = self.submodule(n)
         if m is not None:
-            return type(m).__name__ in TRANSPARENT_MODULES
-        if n.op == "call_function" and n.target in TRANSPARENT_FUNCTIONS:
+            return ops.is_transparent(m)
+        if n.op == "call_function" and n.target in ops.TRANSPARENT_FUNCTIONS:
             return True
         if n.op == "call_function" and getattr(n.target, "__name__", "") == "drop_path":
             return True
@@ -141,39 +128,44 @@ class OwnerGraph:
         if isinstance(m, nn.Identity):
             return True
         rate = getattr(m, "drop_prob", getattr(m, "p", None))
-        return type(m).__name__ in TRANSPARENT_MODULES and rate == 0
+        return ops.is_transparent(m) and rate == 0
 
     def is_carried(self, fork: object, n: fx.Node) -> bool:
-        """``n`` is the fork's tensor itself or a slice of it (DenseNet, DPN): no pooling, no maths."""
+        """``n`` is the fork's tensor itself or a slice of it (DenseNet, DPN, ShuffleNetV2's channel
+        split): no pooling, no maths."""
         region = self.region(fork, n)
-        return all(r.op == "placeholder" or (r.op == "call_function" and r.target is operator.getitem)
-                   or self.is_identity(r) for r in region)
+        return all(r.op == "placeholder" or self.is_slice(r) or self.is_identity(r) for r in region)
+
+    def is_slice(self, n: fx.Node) -> bool:
+        """``x[i]``, ``x.chunk(2, 1)``, ``torch.split(x, c, 1)``: a part of a tensor, nothing computed."""
+        return ((n.op == "call_function" and n.target in ops.SPLIT_FUNCTIONS)
+                or (n.op == "call_method" and n.target in ops.SPLIT_METHODS))
 
     def is_add(self, n: fx.Node) -> bool:
-        if n.op == "call_function" and n.target in ADD_FUNCTIONS:
+        if n.op == "call_function" and n.target in ops.ADD_FUNCTIONS:
             return "alpha" not in n.kwargs
-        return n.op == "call_method" and n.target in ADD_METHODS and "alpha" not in n.kwargs
+        return n.op == "call_method" and n.target in ops.ADD_METHODS and "alpha" not in n.kwargs
 
     def is_act(self, n: fx.Node) -> bool:
+        """An activation, or a norm + activation module (timm's ``BatchNormAct2d``)."""
         m = self.submodule(n)
         if m is not None:
-            name = type(m).__name__
-            return name in ACT_MODULES or "NormAct" in name or "BnAct" in name
+            return ops.is_act(m) or ops.is_norm_act(m)
         if n.op == "call_function":
-            return n.target in ACT_FUNCTIONS
-        return n.op == "call_method" and n.target in ACT_METHODS
+            return n.target in ops.ACT_FUNCTIONS
+        return n.op == "call_method" and n.target in ops.ACT_METHODS
 
     def is_norm(self, n: fx.Node) -> bool:
         m = self.submodule(n)
         if m is not None:
-            return any(w in type(m).__name__ for w in NORM_WORDS)
+            return ops.is_norm(m)
         return n.op == "call_function" and n.target in (F.batch_norm, F.group_norm, F.layer_norm)
 
     def is_conv(self, n: fx.Node) -> bool:
         m = self.submodule(n)
         if m is not None:
-            return isinstance(m, nn.Conv2d)
-        return n.op == "call_function" and n.target in CONV_FUNCTIONS
+            return ops.is_conv(m)
+        return n.op == "call_function" and n.target in ops.CONV_FUNCTIONS
 
     def shape(self, n: object) -> tuple[int, ...] | None:
         return n.meta.get("shape") if isinstance(n, fx.Node) else None

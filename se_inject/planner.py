@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +22,19 @@ from torch import nn
 
 from .accounting import count_macs, count_params, se_macs, se_params
 from .block import reduced_channels
-from .errors import PolicyError, TraceError
+from .errors import PolicyError, SEInjectError, TraceError
 from .policy import Policy, load_policy
+from .preserve import preserved
 from .sites import Site, find_sites
-from .tracing import TracedModel, trace_model
+from .tracing import ForwardError, TracedModel, trace_model
+from .wrappers import FALLBACK_CHILD, backbone_path
 
-__all__ = ["Placement", "Skip", "Plan", "make_plan"]
+__all__ = ["Placement", "Skip", "Plan", "make_plan", "check_model", "FALLBACKS"]
+
+#: when a model has no site of the policy's kinds (and ``conv_fallback`` is on), the first of these
+#: it has is gated: dense blocks' outputs (DenseNet, VoVNet), else conv->norm->act units (VGG).
+FALLBACKS = (("concat", "dense-block outputs (concats that carry their input forward)"),
+             ("conv", "conv->norm->act units"))
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,12 @@ class Plan:
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.skipped))
 
+    def why_nothing(self) -> str:
+        """One line on why the plan places no block (for ``apply``'s warning)."""
+        reasons = "; ".join(f"{n} site{'s' if n > 1 else ''} skipped: {reason}"
+                            for reason, n in self.skipped_by_reason().items())
+        return reasons or (self.notes[-1] if self.notes else "no site found")
+
     def table(self) -> str:
         header = ("label", "kind", "module", "channels", "reduced", "r", "params", "layout", "map")
         rows = [header] + [
@@ -139,6 +153,8 @@ def _skip_reason(site: Site, policy: Policy, chosen_kinds: tuple[str, ...], last
         return site.status
     if site.kind not in chosen_kinds:
         return f"{site.kind} sites are not in the policy's kinds"
+    if site.covered_by is not None and site.kind == "split":
+        return "split unit whose branch holds blocks with sites of their own (CSPNet): those get SE"
     if site.covered_by is not None and "residual" in chosen_kinds:
         return "concat on a residual branch: the branch's SE gates it"
     if site.layout not in policy.layouts:
@@ -187,14 +203,68 @@ def _attribute_names(placements: list[tuple[Site, Any]], traced: TracedModel) ->
     return names
 
 
+def check_model(model: Any, caller: str = "se_inject.plan") -> nn.Module:
+    """``model`` if it is a module instance, else a :class:`SEInjectError` that says what to pass."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        got = f"the class {model.__name__}; pass an instance: {model.__name__}(...)"
+    elif isinstance(model, str):
+        got = (f"the string {model!r}; pass a model object, e.g. timm.create_model({model!r}) "
+               "(from the shell: se-inject plan/apply NAME)")
+    elif isinstance(model, Mapping):
+        got = "a mapping (a state dict?); build the model, load the weights into it, and pass the model"
+    else:
+        got = f"{type(model).__name__}; pass a torch.nn.Module instance"
+    raise SEInjectError(f"{caller} takes a model (torch.nn.Module), got {got}")
+
+
+def _trace(model: nn.Module, input_size: tuple[int, ...] | None) -> TracedModel:
+    """Trace ``model``, or its backbone where the model is a detector or fails on an image batch."""
+    root = backbone_path(model)
+    if root is not None:
+        traced = trace_model(model, input_size, root=root)
+        traced.notes.append(f"{type(model).__name__} is a detector: SE goes into its {root} "
+                            f"(planned at input {'x'.join(map(str, traced.input_size))})")
+        return traced
+    try:
+        return trace_model(model, input_size)
+    except ForwardError as e:
+        child = getattr(model, FALLBACK_CHILD, None)
+        if not isinstance(child, nn.Module):
+            raise ForwardError(f"{e}; if {type(model).__name__} wraps a backbone (a detector, a segmenter), "
+                               "pass the backbone module instead") from None
+        try:
+            traced = trace_model(model, input_size, root=FALLBACK_CHILD)
+        except ForwardError:
+            raise e from None
+        traced.notes.append(f"{type(model).__name__} fails its forward on an image batch ({str(e)[:120]}...): "
+                            f"planned on its {FALLBACK_CHILD}")
+        return traced
+
+
+def _check_stages(policy: Policy, sites: list[Site], model: nn.Module) -> None:
+    """An ``r_per_stage`` entry for a stage the model does not have is a typo, like a glob that matches nothing."""
+    stages = sorted({s.stage for s in sites if s.stage is not None})
+    for stage, _ in policy.r_per_stage:
+        if stage not in stages:
+            have = ", ".join(map(str, stages)) or "none (no feature-map sites)"
+            raise PolicyError(f"{policy.source}: key 'r_per_stage': stage {stage} matches no site of "
+                              f"{type(model).__name__} (its stages: {have}; stage = log2 of input size / map size)")
+
+
 def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_size: tuple[int, ...] | None = None,
               count_flops: bool = True, **overrides: Any) -> Plan:
-    """Trace ``model``, find its sites and choose where SE goes, without changing the model."""
+    """Trace ``model``, find its sites and choose where SE goes, without changing the model (nor
+    anything it holds: :func:`se_inject.preserve.preserved`)."""
+    check_model(model)
     policy = load_policy(policy)
     if overrides:
         policy = policy.replace(**overrides)
     _check_globs(policy, model)
-    traced = trace_model(model, input_size)
+    with preserved(model):
+        traced = _trace(model, input_size)
+        macs = count_macs(traced.module, traced.input_size) if count_flops else None
     if traced.graphs and not any(g.ok for g in traced.graphs.values()):
         path, first = next(iter(traced.graphs.items()))
         raise TraceError(f"{type(model).__name__}: {first.error} (module {path or '<model>'}; no module of it could be "
@@ -203,12 +273,15 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
     notes = list(traced.notes)
 
     kinds = policy.kinds
-    if policy.conv_fallback and "conv" not in kinds and not any(s.kind in kinds for s in sites):
-        if any(s.kind == "conv" and s.status == "ok" for s in sites):
-            kinds = (*kinds, "conv")
-            notes.append(f"no {'/'.join(policy.kinds)} site in this model: gating conv->norm->act units (conv_fallback)")
+    if policy.conv_fallback and not any(s.kind in kinds for s in sites):  # none at all (gated ones count)
+        for fallback, what in FALLBACKS:
+            if fallback not in kinds and any(s.kind == fallback and s.status == "ok" for s in sites):
+                kinds = (*kinds, fallback)
+                notes.append(f"no {'/'.join(policy.kinds)} site in this model: gating {what} (conv_fallback)")
+                break
 
     considered = [s for s in sites if s.kind in kinds]
+    _check_stages(policy, considered, model)
     stages = [s.stage for s in considered if s.status == "ok" and s.stage is not None]
     last_stage = max(stages) if stages else None
     labels = _labels(considered)
@@ -235,14 +308,16 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
 
     if not placements:
         notes.append(_why_nothing(sites, policy))
-    macs = count_macs(model, traced.input_size) if count_flops else None
     if count_flops and macs is None:
         notes.append("MACs not counted: the forward runs neither on meta nor on fake tensors")
-    return Plan(model_name=type(model).__name__, policy=policy, input_size=traced.input_size, placements=placements,
+    name = type(model).__name__ + (f".{traced.root}" if traced.root else "")
+    return Plan(model_name=name, policy=policy, input_size=traced.input_size, placements=placements,
                 skipped=skipped, notes=notes, params_before=count_params(model), macs_before=macs, traced=traced)
 
 
 def _why_nothing(sites: list[Site], policy: Policy) -> str:
+    if not policy.kinds and not policy.conv_fallback:
+        return f"policy {policy.source} gates no site kind: the plain backbone"
     if not sites:
         return ("no site found: no residual add, channel concat or conv->act unit in any traceable module "
                 "(see `se-inject plan --verbose` for modules fx could not trace)")

@@ -3,7 +3,7 @@
     >>> from se_inject.policy import load_policy
     >>> p = load_policy("paper-no-last-stage")
     >>> p.r, p.skip_last_stage, p.kinds
-    (16, True, ('residual', 'multibranch', 'inception'))
+    (16, True, ('residual', 'multibranch', 'inception', 'split'))
     >>> p.replace(r=8).r
     8
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,8 +53,8 @@ def _fail(key: str, expected: str, value: Any) -> PolicyError:
 
 
 def _positive_number(key: str, v: Any) -> float | int:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise _fail(key, "a number > 0", v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
+        raise _fail(key, "a finite number > 0", v)
     return v
 
 
@@ -132,11 +133,12 @@ def _r_by_path(key: str, v: Any) -> tuple[tuple[str, float], ...]:
 
 #: every policy key: default, checker, what is expected, documentation (the README table comes from here).
 SCHEMA: dict[str, Field] = {
-    "kinds": Field(("residual", "multibranch", "inception"), _subset(KINDS), f"a list of {', '.join(KINDS)}",
+    "kinds": Field(("residual", "multibranch", "inception", "split"), _subset(KINDS), f"a list of {', '.join(KINDS)}",
                    "Site kinds that get an SE block (see *Site kinds*)."),
     "conv_fallback": Field(True, _bool, "true or false",
-                           "When the model has no site of the chosen kinds at all (VGG), gate conv->norm->act units instead."),
-    "r": Field(16, _positive_number, "a number > 0", "Reduction ratio: the excitation bottleneck is C/r wide (paper §3.2, §6.3)."),
+                           "When the model has no site of the chosen kinds at all: gate its dense-block outputs (concat "
+                           "sites: DenseNet), else its conv->norm->act units (VGG)."),
+    "r": Field(16, _positive_number, "a finite number > 0", "Reduction ratio: the excitation bottleneck is C/r wide (paper §3.2, §6.3)."),
     "r_per_stage": Field((), _r_per_stage, "a mapping stage -> r",
                          "r for the sites of one stage (stage = log2 of input size / map size, the paper's SE_<stage>_<block>)."),
     "r_by_path": Field((), _r_by_path, "a mapping glob -> r",
@@ -241,12 +243,17 @@ def _read_yaml(text: str, source: str) -> Mapping[str, Any]:
     return data
 
 
-def _from_mapping(data: Mapping[str, Any], source: str, depth: int = 0) -> Policy:
+def _from_mapping(data: Mapping[str, Any], source: str, depth: int = 0, directory: Path | None = None) -> Policy:
+    """``directory``: where the file naming this mapping lives; a relative ``base`` path is read from there."""
     values: dict[str, Any] = {}
     base = data.get("base")
     if base is not None:
         if depth > 8:
             raise PolicyError(f"{source}: key 'base' chains more than 8 policies (a cycle?)")
+        if not isinstance(base, (str, os.PathLike)):
+            raise PolicyError(f"{source}: key 'base' must be a preset name or a YAML path, got {base!r}")
+        if directory is not None and base not in list_presets() and not Path(base).is_absolute():
+            base = str(directory / base)
         values = load_policy(base, _depth=depth + 1).to_dict()
     for key, value in data.items():
         if key == "base":
@@ -278,7 +285,7 @@ def load_policy(spec: "Policy | str | os.PathLike[str] | Mapping[str, Any] | Non
         text = path.read_text()
     except OSError as e:
         raise PolicyError(f"{name}: cannot read the policy file: {e.strerror or e}") from None
-    return _from_mapping(_read_yaml(text, name), name, _depth)
+    return _from_mapping(_read_yaml(text, name), name, _depth, directory=path.parent)
 
 
 def policy_reference() -> str:
@@ -291,6 +298,7 @@ def policy_reference() -> str:
         if isinstance(default, bool):
             default = str(default).lower()
         rows.append(f"| `{key}` | `{default}` | {spec.expected} | {spec.doc} |")
-    rows.append("| `base` | — | a preset name or YAML path | Start from that policy and override the keys given here. |")
+    rows.append("| `base` | — | a preset name or YAML path | Start from that policy and override the keys given here "
+                "(a relative path is read from the folder of the file that names it). |")
     return "\n".join(rows)
 

@@ -18,7 +18,9 @@ from torch import nn
 from .block import SqueezeExcite
 from .errors import TraceError
 from .graph_module import OwnerGraphModule
+from .operators import fresh_output
 from .planner import Placement, Plan
+from .preserve import preserved
 from .shapes import forward_shapes, graph_constants
 from .tracing import ModuleGraph
 
@@ -53,7 +55,7 @@ def _reference_tensor(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def _make_block(p: Placement, plan: Plan, like: torch.Tensor | None) -> SqueezeExcite:
+def _make_block(p: Placement, plan: Plan, owner: nn.Module, like: torch.Tensor | None) -> SqueezeExcite:
     policy = plan.policy
     se = SqueezeExcite(p.site.channels, p.r, reduced=p.reduced, gate=policy.gate, squeeze=policy.squeeze,
                        layout=p.site.layout, init=policy.init, spatial_dims=len(p.site.spatial) or None,
@@ -61,7 +63,7 @@ def _make_block(p: Placement, plan: Plan, like: torch.Tensor | None) -> SqueezeE
     if like is not None:
         se = se.to(device=like.device, dtype=like.dtype)
     se.label = p.label
-    return se
+    return se.train(owner.training)  # an eval-mode model gets eval-mode blocks
 
 
 def _branch_user(graph_nodes: dict[str, fx.Node], x: fx.Node, add: fx.Node) -> fx.Node:
@@ -75,16 +77,9 @@ def _branch_user(graph_nodes: dict[str, fx.Node], x: fx.Node, add: fx.Node) -> f
     return add
 
 
-#: modules whose output is a new tensor (not a view of their input, nor returned twice).
-_FRESH_OUTPUT = (nn.modules.batchnorm._NormBase, nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)
-
-
 def _fresh(owner: nn.Module, x: fx.Node) -> bool:
     """Whether the fused add may overwrite ``x`` in inference: a new tensor that only the SE reads."""
-    if x.op != "call_module" or len(x.users) != 1:
-        return False
-    m = owner.get_submodule(x.target)
-    return isinstance(m, _FRESH_OUTPUT) or type(m).__name__ in ("BatchNormAct2d", "GroupNormAct", "LayerNormAct2d")
+    return x.op == "call_module" and len(x.users) == 1 and fresh_output(owner.get_submodule(x.target))
 
 
 def _insert(graph: fx.Graph, nodes: dict[str, fx.Node], p: Placement, owner: nn.Module,
@@ -172,7 +167,7 @@ def _build_sequential(mg: ModuleGraph, placements: list[Placement], plan: Plan) 
     the rewritten forward, and iteration, slicing and ``len`` behave as for a hand-written net."""
     owner = mg.module
     like = _reference_tensor(owner)
-    blocks = {p.name: _make_block(p, plan, like) for p in placements}
+    blocks = {p.name: _make_block(p, plan, owner, like) for p in placements}
     nodes = {n.name: n for n in mg.graph.nodes}
     after = {p.name: nodes[p.site.node].target for p in placements}
     new = type(owner).__new__(type(owner))
@@ -205,7 +200,7 @@ def _build_owner(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> nn
     blocks: dict[str, SqueezeExcite] = {}
     after: dict[str, str | None] = {}
     for p in sorted(placements, key=lambda p: p.site.order):
-        blocks[p.name] = _make_block(p, plan, like)
+        blocks[p.name] = _make_block(p, plan, mg.module, like)
         src = nodes[p.site.node]
         after[p.name] = src.target.split(".")[0] if src.op == "call_module" else None
         _insert(graph, nodes, p, mg.module, blocks[p.name])
@@ -240,7 +235,8 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
         parent._modules[name] = built[path]
     if check:
         try:
-            _check_forward(model, plan)
+            with preserved(model):  # the check's forward leaves no trace (issue 10: cached anchors)
+                _check_forward(plan)
         except Exception as e:
             for parent, name, original in reversed(swapped):
                 parent._modules[name] = original
@@ -248,8 +244,9 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
     return model
 
 
-def _check_forward(model: nn.Module, plan: Plan) -> None:
-    """One forward of the rewritten model on stand-in tensors: it runs and its output shapes are unchanged."""
-    after = forward_shapes(model, plan.input_size, plan.traced.backend)
+def _check_forward(plan: Plan) -> None:
+    """One forward of the rewritten model (the traced part of it) on stand-in tensors: it runs and
+    its output shapes are unchanged."""
+    after = forward_shapes(plan.traced.module, plan.input_size, plan.traced.backend)
     if plan.traced.output_shapes is not None and after != plan.traced.output_shapes:
         raise TraceError(f"output shapes changed from {plan.traced.output_shapes} to {after}")

@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 __all__ = ["Call", "BACKENDS", "record_calls", "annotate_shapes", "forward_shapes", "shapes_of", "eval_mode",
-           "model_device", "default_input_size", "first_line"]
+           "model_device", "default_input_size", "check_input_size", "expected_input", "first_line"]
 
 
 @dataclass
@@ -38,11 +38,56 @@ class Call:
 
 
 
-def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """``pretrained_cfg['input_size']`` (timm) or ``(3, 224, 224)``."""
+#: the input a net of each input rank is planned at when it names none: images 224x224, 1-D signals
+#: of 16,000 samples (one second at 16 kHz), clips of 16 frames of 112x112 (torchvision's video nets).
+DEFAULT_SPATIAL = {1: (16000,), 2: (224, 224), 3: (16, 112, 112)}
+
+
+def _first_conv(model: nn.Module) -> nn.modules.conv._ConvNd | None:
+    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+
+
+def default_input_size(model: nn.Module) -> tuple[int, ...]:
+    """``pretrained_cfg['input_size']`` (timm), else what the first convolution takes (its input
+    channels and rank, at :data:`DEFAULT_SPATIAL`), else ``(3, 224, 224)``.
+
+        >>> from torch import nn
+        >>> default_input_size(nn.Sequential(nn.Conv1d(2, 8, 3), nn.ReLU()))
+        (2, 16000)
+    """
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
-    return tuple(int(s) for s in size) if size else (3, 224, 224)
+    if size:
+        return tuple(int(s) for s in size)
+    conv = _first_conv(model)
+    if conv is not None and len(conv.kernel_size) in DEFAULT_SPATIAL:
+        return (int(conv.in_channels), *DEFAULT_SPATIAL[len(conv.kernel_size)])
+    return (3, 224, 224)
+
+
+def expected_input(model: nn.Module) -> str:
+    """What input the model's first convolution asks for, as a hint for error messages."""
+    conv = _first_conv(model)
+    if conv is None:
+        return "input_size is the input's shape without the batch, e.g. (3, 224, 224)"
+    rank = len(conv.kernel_size)
+    names = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, T, H, W)"}.get(rank, f"{rank + 1} sizes")
+    example = (int(conv.in_channels), *DEFAULT_SPATIAL.get(rank, (224,) * rank))
+    return f"its first layer is a {type(conv).__name__} taking {conv.in_channels} channels: input_size is {names}, e.g. {example}"
+
+
+def check_input_size(input_size: Any, model: nn.Module) -> tuple[int, ...]:
+    """``input_size`` as a tuple of 2 to 4 positive ints, or a :class:`TraceError` that says what is expected
+    (a size the model then rejects is reported by the forward that fails, with the same hint)."""
+    from .errors import TraceError
+    try:
+        size = tuple(input_size)
+    except TypeError:
+        size = None
+    if (size is None or not 2 <= len(size) <= 4
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        raise TraceError(f"input_size={input_size!r} is not the input's shape without the batch: {expected_input(model)}")
+    return size
 
 
 

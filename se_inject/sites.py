@@ -11,8 +11,18 @@ Site kinds (paper §3.3):
 - ``inception``: a channel concat of parallel learned branches forking from one point (paper
   Fig. 2): SE after the concat. A concat on a residual branch (Inception-ResNet) is covered by
   that branch's residual site.
-- ``concat``: a DenseNet-style concat that carries its input forward beside new features.
+- ``split``: a channel-split unit (ShuffleNetV2): part of the input's channels carried as they
+  are, the rest through a learned branch, concatenated back to the input's width: SE on the
+  unit's output, after the concat (before ShuffleNet's channel shuffle). A split whose branch
+  holds blocks with sites of their own (a CSPNet stage) is covered by those.
+- ``concat``: a DenseNet-style concat that carries its input forward beside new features: the
+  output of a dense block (gated when a net has no site of the kinds above).
 - ``conv``: the end of a conv -> (norm) -> activation unit, for plain nets such as VGG.
+
+Feature maps of 1 to 3 spatial dims count alike (``(N, C, L)``, ``(N, C, H, W)``, ``(N, C, T, H, W)``).
+A site's ``stage`` is ``log2`` of the input's height over the map's (the paper's ``SE_<stage>_<block>``);
+where a backbone trades stride for dilation (DeepLab's dilated ResNet), a run of residual blocks
+whose branches are dilated by ``d`` counts ``log2(d)`` stages further, as the undilated net would.
 
     >>> import timm
     >>> from se_inject.tracing import trace_model
@@ -23,22 +33,23 @@ Site kinds (paper §3.3):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from . import operators as ops
 from .block import SqueezeExcite
-from .owner_graph import CAT_FUNCTIONS, GATE_CLASSES, OwnerGraph
+from .owner_graph import OwnerGraph
 from .tracing import TracedModel, is_mode_dependent
 
-__all__ = ["Site", "find_sites", "KINDS", "GATE_CLASSES"]
+__all__ = ["Site", "find_sites", "KINDS"]
 
 #: every site kind, in the order a plan lists them.
-KINDS = ("residual", "multibranch", "inception", "concat", "conv")
+KINDS = ("residual", "multibranch", "inception", "split", "concat", "conv")
 
 
 @dataclass(frozen=True)
@@ -52,14 +63,15 @@ class Site:
     kind: str
     node: str                 # fx node in the owner's graph whose output the SE gates
     channels: int
-    layout: str | None        # nchw | nhwc | nlc, None if unsupported
-    spatial: tuple[int, ...]  # (H, W) or (tokens,)
-    stage: int | None         # log2 of the model input's size over this map's: paper's SE_<stage>_<block>
+    layout: str | None        # nchw (channels first) | nhwc (channels last) | nlc (tokens), None if unsupported
+    spatial: tuple[int, ...]  # (L,), (H, W) or (T, H, W); (tokens,) for nlc
+    stage: int | None         # log2 of the model input's height over this map's: paper's SE_<stage>_<block>
     order: tuple[int, int]    # (owner call order, node index): execution order
     status: str = "ok"
     fuse: str | None = None   # the add node the SE can absorb (shortcut + x * gate in one op)
     detail: str = ""
     covered_by: str | None = None  # a concat on a residual branch: that branch's SE input node
+    dilation: int = 1         # a residual branch's smallest conv dilation (dilated backbones' stages)
 
     @property
     def where(self) -> str:
@@ -73,11 +85,13 @@ class _Finder:
         self.o, self.traced = owner, traced
         self.sites: list[Site] = []
         self.covered: dict[fx.Node, str] = {}  # node on a residual branch -> that site's SE input
+        self.branch_modules: dict[Site, set[str]] = {}  # split site -> modules its learned branch runs
         self._mode_checked: bool | None = None
 
     # ---- layout and site construction
     def _out_channels(self, n: fx.Node) -> tuple[int | None, bool]:
-        """Output width of the nearest learned node upstream of ``n`` and whether it is a Linear."""
+        """Output width of the nearest learned node upstream of ``n`` and whether it is a Linear
+        (channels last) rather than a conv (channels first)."""
         seen = set()
         stack = [n]
         while stack:
@@ -87,12 +101,12 @@ class _Finder:
             seen.add(cur)
             m = self.o.submodule(cur)
             if m is not None:
-                leaves = [sub for sub in m.modules() if any(p.dim() >= 2 for p in sub.parameters(recurse=False))]
+                leaves = ops.learned_layers(m)
                 if leaves:
                     last = leaves[-1]
                     w = next(p for p in last.parameters(recurse=False) if p.dim() >= 2)
                     return int(w.shape[0]), isinstance(last, nn.Linear) or w.dim() == 2
-            elif cur.op == "call_function" and cur.target in (F.conv2d, F.linear):
+            elif cur.op == "call_function" and cur.target in (*ops.CONV_FUNCTIONS, F.linear):
                 w = cur.args[1] if len(cur.args) > 1 else None
                 ws = self.o.shape(w)
                 if ws:
@@ -104,37 +118,45 @@ class _Finder:
                 ) -> tuple[str | None, int, tuple[int, ...], str]:
         """(layout, channels, spatial, reason) of the tensor produced by ``n``.
 
-        Rank-4 maps are channels-first unless the nearest learned layer is a Linear whose width is
-        the last dim (ConvNeXt/Swin blocks in channels-last); rank-3 tensors are tokens ``(B, N, C)``.
+        Maps of rank 3 to 5 are channels-first (``nchw``: ``(N, C, L)``, ``(N, C, H, W)``,
+        ``(N, C, T, H, W)``) unless the nearest learned layer is a Linear whose width is the last dim
+        (ConvNeXt/Swin blocks in channels-last: ``nhwc``); a rank-3 tensor after a Linear is a token
+        sequence ``(N, L, C)`` (``nlc``).
         """
         rank = len(shape)
-        if channel_dim is None:
+        if channel_dim is None and 3 <= rank <= 5:
             width, linear = self._out_channels(n)
-            if rank == 4:
-                channel_dim = -1 if (linear and shape[-1] == width) else 1
+            if rank == 3 and not linear and width is not None and shape[1] == width:
+                channel_dim = 1   # a Conv1d's (N, C, L)
             elif rank == 3:
-                channel_dim = -1 if (shape[-1] == width or linear) else 1
-        if rank == 4:
-            if channel_dim in (1, -3):
-                return "nchw", shape[1], tuple(shape[2:]), ""
-            return "nhwc", shape[-1], tuple(shape[1:3]), ""
+                channel_dim = -1 if (shape[-1] == width or linear or width is None) else 1
+            else:
+                channel_dim = -1 if (linear and shape[-1] == width) else 1
+        if not 3 <= rank <= 5:
+            return None, shape[-1] if shape else 0, (), f"a rank-{rank} tensor has no spatial or token axis to squeeze"
+        if channel_dim in (1, 1 - rank):
+            return "nchw", shape[1], tuple(shape[2:]), ""
+        if channel_dim not in (-1, rank - 1):
+            return None, shape[channel_dim], (), f"channels on dim {channel_dim} of {shape}: neither first nor last"
         if rank == 3:
-            if channel_dim in (-1, 2):
-                return "nlc", shape[-1], (shape[1],), ""
-            return None, shape[1], (shape[2],), f"channels-first 1-D map {shape} is not supported"
-        return None, shape[-1] if shape else 0, (), f"a rank-{rank} tensor has no spatial or token axis to squeeze"
+            return "nlc", shape[-1], (shape[1],), ""
+        return "nhwc", shape[-1], tuple(shape[1:-1]), ""
 
     def _stage(self, layout: str | None, spatial: tuple[int, ...]) -> int | None:
-        if layout not in ("nchw", "nhwc") or not spatial or spatial[0] <= 0:
+        if layout not in ("nchw", "nhwc") or not spatial or min(spatial) <= 0:
             return None
-        h_in = self.traced.input_size[1] if len(self.traced.input_size) > 1 else spatial[0]
-        return max(0, round(math.log2(h_in / spatial[0])))
+        # the height (the length of a 1-D map): a video's frames may be strided on their own
+        inp = self.traced.input_size[1:] or spatial
+        height = spatial[-2] if len(spatial) > 1 else spatial[-1]
+        h_in = inp[-2] if len(inp) > 1 else inp[-1]
+        return max(0, round(math.log2(h_in / height)))
 
     def add_site(self, kind: str, n: fx.Node, *, fuse: fx.Node | None = None, status: str = "ok",
-                 detail: str = "", channel_dim: int | None = None, covered_by: str | None = None) -> None:
+                 detail: str = "", channel_dim: int | None = None, covered_by: str | None = None,
+                 dilation: int = 1) -> Site | None:
         shape = self.o.shape(n)
         if shape is None:
-            return
+            return None
         layout, channels, spatial, why = self._layout(n, shape, channel_dim)
         if status == "ok" and layout is None:
             status = f"unsupported layout: {why}"
@@ -145,11 +167,13 @@ class _Finder:
         if status == "ok" and self._mode_dependent():
             status = (f"{type(self.o.mg.module).__name__}.forward branches on self.training: "
                       "a rewritten graph would be wrong in one of the modes")
-        self.sites.append(Site(
+        site = Site(
             path=self.o.mg.path, kind=kind, node=n.name, channels=int(channels), layout=layout,
             spatial=tuple(int(s) for s in spatial), stage=self._stage(layout, spatial),
             order=(self.o.mg.call.order, self.o.index[n]), status=status,
-            fuse=fuse.name if fuse is not None else None, detail=detail, covered_by=covered_by))
+            fuse=fuse.name if fuse is not None else None, detail=detail, covered_by=covered_by, dilation=dilation)
+        self.sites.append(site)
+        return site
 
     def _mode_dependent(self) -> bool:
         if self._mode_checked is None:
@@ -203,11 +227,11 @@ class _Finder:
                 self.covered.update(dict.fromkeys(region, core.name))
                 direct = (len(terms) == 2 and n.op == "call_function" and n.args[0] in terms and n.args[1] in terms
                           and all(o.is_identity(t) for t in o.tail(core, branch)))
-                gated = any(o.is_gate(r) for r in region)
+                gated = any(o.holds_gate(r) for r in region)
                 shortcut = [t for t in terms if t is not branch]
                 detail = "shortcut: " + ", ".join("identity" if t is fork or o.depth(fork, t) == 0 else t.name for t in shortcut)
                 self.add_site("residual", core, fuse=n if direct else None,
-                              status="already gated" if gated else "ok", detail=detail)
+                              status="already gated" if gated else "ok", detail=detail, dilation=o.dilation(region))
             else:
                 for t in terms:
                     self.covered.update(dict.fromkeys(o.region(fork, t), n.name))
@@ -225,7 +249,7 @@ class _Finder:
     def concats(self) -> None:
         o = self.o
         for n in o.mg.graph.nodes:
-            if not (n.op == "call_function" and n.target in CAT_FUNCTIONS):
+            if not (n.op == "call_function" and n.target in ops.CAT_FUNCTIONS):
                 continue
             shape = o.shape(n)
             dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
@@ -233,11 +257,12 @@ class _Finder:
             if shape is None or not isinstance(inputs, (list, tuple)) or len(inputs) < 2 or not isinstance(dim, int):
                 continue
             rank = len(shape)
-            channel_dim = {4: (1, -3), 3: (2, -1)}.get(rank, ())
-            if dim not in channel_dim and not (rank == 4 and dim in (3, -1)):
-                continue
+            if rank == 3 and dim in (1, -2):
+                continue  # a concat of token sequences (a class token): not channels
+            if not 3 <= rank <= 5 or dim not in (1, 1 - rank, -1, rank - 1):
+                continue  # not the channel axis of a map
             user = o.single_user(n)
-            if user is not None and user.op == "call_function" and user.target in CAT_FUNCTIONS:
+            if user is not None and user.op == "call_function" and user.target in ops.CAT_FUNCTIONS:
                 continue  # an inner concat (InceptionE's 3x3 pair): the outer one is the module's
             inputs = [i for i in inputs if isinstance(i, fx.Node)]
             fork = o.idom[n]
@@ -248,12 +273,28 @@ class _Finder:
             gated = user is not None and o.is_gate(user)
             status = "already gated" if gated else "ok"
             covered_by = self.covered.get(n)  # on a residual branch (Inception-ResNet): that site may gate it
-            if carried and learned >= 1:
+            if carried and learned >= 1 and self._splits(fork, n, inputs):
+                site = self.add_site("split", n, status=status, detail=f"{len(inputs)} parts, {learned} learned",
+                                     channel_dim=dim, covered_by=covered_by)
+                if site is not None:
+                    self.branch_modules[site] = {
+                        f"{o.mg.path}.{r.target}" if o.mg.path else r.target
+                        for i, d in zip(inputs, depths) if d > 0 for r in o.region(fork, i) if r.op == "call_module"}
+            elif carried and learned >= 1:
                 self.add_site("concat", n, status=status, detail=f"{len(inputs)} inputs, input carried forward",
                               channel_dim=dim, covered_by=covered_by)
             elif parallel >= 2:
                 self.add_site("inception", n, status=status, detail=f"{len(inputs)} branches, {parallel} learned",
                               channel_dim=dim, covered_by=covered_by)
+
+    def _splits(self, fork: object, n: fx.Node, inputs: list[fx.Node]) -> bool:
+        """A channel split: the carried parts are slices of the fork and the concat gives back the
+        fork's width (ShuffleNetV2, CSPNet), not a dense block's growing one."""
+        sliced = any(any(self.o.is_slice(r) for r in self.o.region(fork, i)) for i in inputs)
+        whole = fork
+        while isinstance(whole, fx.Node) and self.o.is_slice(whole) and whole.all_input_nodes:
+            whole = whole.all_input_nodes[0]  # x.chunk(2, 1) forks: its input is the unit's
+        return sliced and isinstance(whole, fx.Node) and self.o.shape(whole) == self.o.shape(n)
 
     def convs(self) -> None:
         o = self.o
@@ -262,7 +303,7 @@ class _Finder:
                 continue
             prev = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else n.all_input_nodes[0]
             m = o.submodule(n)
-            fused_norm_act = m is not None and ("NormAct" in type(m).__name__ or "BnAct" in type(m).__name__)
+            fused_norm_act = m is not None and ops.is_norm_act(m)
             steps, norms = 0, int(fused_norm_act)
             while not o.is_conv(prev) and steps < 3:
                 if o.is_norm(prev):
@@ -285,8 +326,8 @@ class _Finder:
 def find_sites(traced: TracedModel) -> list[Site]:
     """Every candidate site of every kind, in execution order (policy-free)."""
     sites: list[Site] = []
-    gates = [f"{p}." for p, mg in traced.graphs.items() if type(mg.module).__name__ in GATE_CLASSES]
-    gates += [f"{p}." for p, m in traced.model.named_modules() if type(m).__name__ in GATE_CLASSES]
+    branches: dict[Site, set[str]] = {}
+    gates = [f"{p}." for p, m in traced.model.named_modules() if ops.is_gate(m)]
     for mg in traced.owners():
         if any(f"{mg.path}.".startswith(g) for g in gates):
             continue  # the inside of an existing gate (EfficientNet's SE convs) is no place for another
@@ -295,14 +336,47 @@ def find_sites(traced: TracedModel) -> list[Site]:
         finder.concats()
         finder.convs()
         sites += finder.sites
+        branches.update(finder.branch_modules)
     sites.sort(key=lambda s: s.order)
-    return sites
+    return _dilated_stages(_cover_splits(sites, branches))
 
 
-def summarize(sites: Iterable[Site]) -> dict[str, int]:
-    """Sites by kind (status ok only)."""
-    out: dict[str, int] = {}
-    for s in sites:
-        if s.status == "ok":
-            out[s.kind] = out.get(s.kind, 0) + 1
+def _cover_splits(sites: list[Site], branches: dict[Site, set[str]]) -> list[Site]:
+    """A split whose learned branch runs modules that own sites of their own (CSPNet: a stage of
+    residual blocks between split and concat) is covered by those, as a concat on a residual branch is."""
+    inner = [s for s in sites if s.kind in ("residual", "multibranch", "inception") and s.status == "ok"]
+    out = []
+    for site in sites:
+        modules = branches.get(site)
+        if modules and site.covered_by is None:
+            covering = next((s for s in inner if any(s.path == m or s.path.startswith(f"{m}.") for m in modules)), None)
+            if covering is not None:
+                site = dataclasses.replace(site, covered_by=covering.where)
+        out.append(site)
+    return out
+
+
+def _dilated_stages(sites: list[Site]) -> list[Site]:
+    """Stages that follow a dilated backbone's (DeepLab): each run of residual sites of one width
+    and map size counts ``log2`` of its largest branch dilation as stages (an undilated net
+    would have strided there). Nets without dilated branches are unchanged."""
+    if all(s.dilation == 1 for s in sites):
+        return sites
+    out = list(sites)
+    run: list[int] = []
+
+    def close() -> None:
+        extra = round(math.log2(max(out[i].dilation for i in run))) if run else 0
+        for i in run:
+            if extra and out[i].stage is not None:
+                out[i] = dataclasses.replace(out[i], stage=out[i].stage + extra)
+        run.clear()
+
+    for i, s in enumerate(sites):
+        if s.kind != "residual":
+            continue
+        if run and (sites[run[-1]].channels, sites[run[-1]].spatial) != (s.channels, s.spatial):
+            close()
+        run.append(i)
+    close()
     return out

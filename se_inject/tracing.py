@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,11 +30,16 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from .errors import TraceError
-from .shapes import (BACKENDS, GRAPH_CONSTANTS, Call, annotate_shapes, default_input_size, eval_mode, first_line, forward_shapes,
-                     model_device, record_calls, shapes_of)
+from .operators import is_learned
+from .shapes import (BACKENDS, GRAPH_CONSTANTS, Call, annotate_shapes, check_input_size, default_input_size, eval_mode,
+                     expected_input, first_line, forward_shapes, model_device, record_calls, shapes_of)
 
-__all__ = ["ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent", "clean_wrapped_calls",
+__all__ = ["ForwardError", "ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent", "clean_wrapped_calls",
            "learned_paths", "Call", "default_input_size", "forward_shapes"]
+
+
+class ForwardError(TraceError):
+    """The model's forward fails on an input of the given size on every shape backend."""
 
 
 @dataclass
@@ -54,14 +58,22 @@ class ModuleGraph:
 
 @dataclass
 class TracedModel:
-    """What stage 2 (sites) needs: per-owner graphs with shapes, and the input resolution."""
+    """What stage 2 (sites) needs: per-owner graphs with shapes, and the input resolution.
+
+    ``root`` is the submodule that was run and traced ('' = the whole model; ``backbone`` for a
+    detector); every path, graph key included, is a path in ``model``."""
     model: nn.Module
     input_size: tuple[int, ...]
     graphs: dict[str, ModuleGraph]
     backend: str                  # meta | fake | real: how shapes were obtained
-    output_shapes: Any = None     # the model output's shapes (a pytree of tuples)
-    seconds: float = 0.0
+    output_shapes: Any = None     # the traced module's output shapes (a pytree of tuples)
     notes: list[str] = field(default_factory=list)
+    root: str = ""
+
+    @property
+    def module(self) -> nn.Module:
+        """The module that was run: the model itself, or its ``root`` submodule."""
+        return self.model.get_submodule(self.root)
 
     def owners(self) -> Iterator[ModuleGraph]:
         """Traced owners in execution order."""
@@ -193,11 +205,10 @@ def _owner_mode(module: nn.Module, training: bool) -> Iterator[None]:
 def learned_paths(model: nn.Module) -> set[str]:
     """Paths of every module whose subtree holds a weight of 2+ dims (a conv, a linear layer)."""
     paths: set[str] = set()
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            parts = name.split(".")[:-1]
-            for i in range(len(parts) + 1):
-                paths.add(".".join(parts[:i]))
+    for name, m in model.named_modules():
+        if is_learned(m):
+            parts = name.split(".") if name else []
+            paths.update(".".join(parts[:i]) for i in range(len(parts) + 1))
     return paths
 
 
@@ -249,15 +260,17 @@ def is_mode_dependent(mg: ModuleGraph) -> bool:
 
 
 def trace_model(model: nn.Module, input_size: tuple[int, ...] | None = None,
-                backend: str | None = None) -> TracedModel:
+                backend: str | None = None, *, root: str = "") -> TracedModel:
     """Trace every module that has children and annotate node shapes for one input.
 
-    ``input_size`` is ``(C, H, W)`` without the batch (default: :func:`default_input_size`);
-    ``backend`` forces ``meta``, ``fake`` or ``real`` (default: the first that works, in that order).
-    Raises :class:`TraceError` naming the reason when the model's forward fails on every backend.
+    ``input_size`` is the input's shape without the batch: ``(C, H, W)`` for images, ``(C, L)`` or
+    ``(C, T, H, W)`` for 1-D and 3-D nets (default: :func:`default_input_size`); ``backend`` forces
+    ``meta``, ``fake`` or ``real`` (default: the first that works, in that order); ``root`` traces
+    that submodule of ``model`` only (a detector's ``backbone``), paths staying paths in ``model``.
+    Raises :class:`TraceError` naming the reason when the module's forward fails on every backend.
     """
-    t0 = time.perf_counter()
-    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    top, model = model, model.get_submodule(root)
+    size = check_input_size(input_size, model) if input_size is not None else default_input_size(model)
     device = model_device(model)
     notes: list[str] = []
     errors: list[str] = []
@@ -278,8 +291,9 @@ def trace_model(model: nn.Module, input_size: tuple[int, ...] | None = None,
             chosen = candidate
             break
         if chosen is None:
-            raise TraceError(f"{type(model).__name__} fails its forward at input size {size}: "
-                             + "; ".join(errors) + " (check the model runs on torch.zeros(1, *input_size))")
+            raise ForwardError(f"{type(model).__name__} fails its forward at input size {size}: "
+                             + "; ".join(errors) + f" ({expected_input(model)}; check the model runs on "
+                             "torch.zeros(1, *input_size))")
         if errors:
             notes.append(f"shapes from the {chosen.name} backend ({'; '.join(errors)})")
 
@@ -296,6 +310,10 @@ def trace_model(model: nn.Module, input_size: tuple[int, ...] | None = None,
                 except Exception as e:
                     mg.error = f"shape propagation failed in {type(module).__name__}: {first_line(e)}"
             graphs[path] = mg
-    root = calls.get("")
-    shapes = shapes_of(root.output) if root is not None else None
-    return TracedModel(model, size, graphs, chosen.name, shapes, time.perf_counter() - t0, notes)
+    top_call = calls.get("")
+    shapes = shapes_of(top_call.output) if top_call is not None else None
+    if root:  # paths in the whole model from here on
+        for mg in graphs.values():
+            mg.path = f"{root}.{mg.path}" if mg.path else root
+        graphs = {mg.path: mg for mg in graphs.values()}
+    return TracedModel(top, size, graphs, chosen.name, shapes, notes, root)

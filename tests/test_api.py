@@ -130,7 +130,7 @@ def test_bad_policy_leaves_model_untouched(timm_model, tmp_path):
         se_inject.apply(model, str(bad), inplace=True)
     with pytest.raises(PolicyError, match=r"key 'include': glob 'layer9.\*' matches no module of ResNet \(module paths look like"):
         se_inject.apply(model, include=["layer9.*"], inplace=True)
-    with pytest.raises(PolicyError, match="key 'r' must be a number > 0"):
+    with pytest.raises(PolicyError, match="key 'r' must be a finite number > 0"):
         se_inject.apply(model, r=0, inplace=True)
     assert state_equal(model, before) and type(model.layer1[0]) is type(before.layer1[0])
 
@@ -189,3 +189,64 @@ def test_vit_plan_says_why_and_what_to_set(timm_model):
     with torch.no_grad():
         assert (gated(x) - model(x)).abs().max() <= 1e-6
     assert sum(isinstance(m, SqueezeExcite) for m in gated.modules()) == 24
+
+
+@pytest.mark.parametrize("bad,message", [
+    (None, "se_inject.apply takes a model .*got NoneType; pass a torch.nn.Module instance"),
+    ("resnet50", r"got the string 'resnet50'; pass a model object, e.g. timm.create_model\('resnet50'\)"),
+    ({"conv1.weight": torch.zeros(1)}, r"got a mapping \(a state dict\?\); build the model, load the weights"),
+    (torch.nn.Conv2d, r"got the class Conv2d; pass an instance: Conv2d\(...\)"),
+])
+def test_not_a_model_is_one_line(bad, message):
+    with pytest.raises(se_inject.SEInjectError, match=message) as info:
+        se_inject.apply(bad)
+    assert "\n" not in str(info.value)
+    with pytest.raises(se_inject.SEInjectError, match=message.replace("apply", "plan")):
+        se_inject.plan(bad)
+
+
+@pytest.mark.parametrize("size,message", [
+    ((64, 64), r"ResNet fails its forward at input size \(64, 64\): .*its first layer is a Conv2d taking 3 channels: "
+               r"input_size is \(C, H, W\), e.g. \(3, 224, 224\)"),
+    ((3, 0, 64), r"input_size=\(3, 0, 64\) is not the input's shape without the batch: .*\(C, H, W\)"),
+    ("3x64x64", r"input_size='3x64x64' is not the input's shape without the batch"),
+])
+def test_bad_input_size_says_what_is_expected(timm_model, size, message):
+    with pytest.raises(TraceError, match=message) as info:
+        se_inject.plan(timm_model("resnet18"), input_size=size)
+    assert "\n" not in str(info.value)
+
+
+def test_default_input_size_follows_the_first_conv():
+    from backbones import create_backbone
+    model = create_backbone("cifar_resnet20", in_chans=1)
+    plan = se_inject.plan(model, count_flops=False)        # no input_size: the first conv wants 1 channel
+    assert plan.input_size[0] == 1 and len(plan.placements) == 9
+
+
+def test_r_per_stage_must_name_a_stage_of_the_model(timm_model):
+    with pytest.raises(PolicyError, match=r"key 'r_per_stage': stage 9 matches no site of ResNet \(its stages: 2, 3, 4, 5"):
+        se_inject.plan(timm_model("resnet18"), r_per_stage={9: 32})
+
+
+@pytest.mark.parametrize("name,overrides,reason", [
+    ("vit_tiny_patch16_224", {}, "token layout"),
+    ("resnet18", {"exclude": ["*"]}, "matched by exclude"),
+])
+def test_apply_that_inserts_nothing_warns(timm_model, name, overrides, reason):
+    with pytest.warns(se_inject.api.NothingInserted, match=f"no SE block inserted into .*{reason}"):
+        se_inject.apply(timm_model(name), **overrides)
+
+
+def test_untraceable_blocks_warn_with_the_reason():
+    model = torch.nn.Sequential(ValueBranch(3, 8), ValueBranch(8, 8))
+    with pytest.warns(se_inject.api.NothingInserted, match="no site found"):
+        se_inject.apply(model, input_size=(3, 8, 8))
+
+
+def test_policy_none_inserts_nothing_silently(timm_model):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = se_inject.apply(timm_model("resnet18"), "none")
+    assert not any(isinstance(m, SqueezeExcite) for m in out.modules())

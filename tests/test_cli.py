@@ -58,3 +58,28 @@ def test_policy_command(capsys):
     assert "skip_last_stage: true" in capsys.readouterr().out
     assert main(["policy", "--reference"]) == 0
     assert "| `r` | `16` |" in capsys.readouterr().out
+
+
+def test_policy_none_plans_and_applies_the_plain_backbone(tmp_path, capsys):
+    assert main(["plan", "resnet18", "--policy", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "0 SE blocks" in out and "the plain backbone" in out
+    path = tmp_path / "plain.pt"
+    assert main(["apply", "resnet18", "--policy", "none", "-o", str(path)]) == 0
+    assert not any(".se." in k for k in torch.load(path, weights_only=False).state_dict())
+
+
+def test_torchvision_name_suggested_with_its_prefix(capsys):
+    assert main(["plan", "tv:resnet5"]) == 2
+    assert "unknown backbone 'tv:resnet5' (did you mean 'tv:resnet50'?)" in capsys.readouterr().err
+
+
+def test_written_files_follow_the_umask(tmp_path, capsys):
+    import os
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "m.safetensors"
+        assert main(["apply", "resnet18", "-o", str(out)]) == 0
+        assert out.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -104,6 +104,8 @@ def test_dynamo_export_matches_pytorch(tmp_path):
     assert report.opset >= 18 and report.file_bytes == os.path.getsize(tmp_path / "resnet18.onnx")
     assert os.listdir(tmp_path) == ["resnet18.onnx"]  # no temporary file left beside it
     assert "dynamo exporter" in str(report) and "max rel diff" in str(report)
+    from se_inject.files import current_umask
+    assert os.stat(tmp_path / "resnet18.onnx").st_mode & 0o777 == 0o666 & ~current_umask()  # not the temp file's 0600
 
 
 def test_batch1_export_runs_at_batch_7(tmp_path):

@@ -31,15 +31,15 @@ def test_replace_validates():
     assert load_policy().replace(r=8, divisor=8).divisor == 8
     with pytest.raises(PolicyError, match=r"keyword override 'rr' is not a policy key \(did you mean 'r'\?\)"):
         load_policy().replace(rr=8)
-    with pytest.raises(PolicyError, match="key 'r' must be a number > 0, got -1"):
+    with pytest.raises(PolicyError, match="key 'r' must be a finite number > 0, got -1"):
         load_policy().replace(r=-1)
 
 
 @pytest.mark.parametrize("text,message", [
     ("rr: 16\n", r"bad.yaml: key 'rr' is not a policy key \(did you mean 'r'\?\)"),
-    ("r: sixteen\n", r"bad.yaml: key 'r' must be a number > 0, got 'sixteen' \(str\)"),
-    ("r: 0\n", r"bad.yaml: key 'r' must be a number > 0, got 0 \(int\)"),
-    ("r: -2.5\n", r"bad.yaml: key 'r' must be a number > 0"),
+    ("r: sixteen\n", r"bad.yaml: key 'r' must be a finite number > 0, got 'sixteen' \(str\)"),
+    ("r: 0\n", r"bad.yaml: key 'r' must be a finite number > 0, got 0 \(int\)"),
+    ("r: -2.5\n", r"bad.yaml: key 'r' must be a finite number > 0"),
     ("skip_last_stage: yes please\n", r"bad.yaml: key 'skip_last_stage' must be true or false"),
     ("kinds: [residual, inceptoin]\n", r"bad.yaml: key 'kinds' must be one of .*got 'inceptoin' \(did you mean 'inception'\?\)"),
     ("gate: softmax\n", r"bad.yaml: key 'gate' must be one of sigmoid, hard_sigmoid"),
@@ -79,3 +79,27 @@ def test_readme_reference_is_generated_from_the_schema():
     from pathlib import Path
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert policy_reference() in readme
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -float("inf")])
+def test_r_must_be_finite(value):
+    with pytest.raises(PolicyError, match="key 'r' must be a finite number > 0"):
+        load_policy().replace(r=value)
+    with pytest.raises(PolicyError, match=r"key 'r_per_stage\[3\]' must be a finite number > 0"):
+        load_policy().replace(r_per_stage={3: value})
+
+
+def test_base_path_is_read_from_the_folder_of_the_file_naming_it(tmp_path, monkeypatch):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "common.yaml").write_text("base: paper\nr: 8\n")
+    (tmp_path / "policies" / "mine.yaml").write_text("base: common.yaml\ndivisor: 8\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)              # not where the files are
+    p = load_policy(tmp_path / "policies" / "mine.yaml")
+    assert (p.r, p.divisor) == (8, 8)
+
+
+def test_none_preset_gates_nothing():
+    p = load_policy("none")
+    assert p.kinds == () and not p.conv_fallback

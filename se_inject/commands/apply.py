@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 from ._models import add_model_arguments, build_model, policy_overrides
@@ -26,22 +25,11 @@ def _check_writable(path: Path) -> None:
         raise SEInjectError(f"{path}: directory {directory} is not writable; choose another -o")
 
 
-def _save_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     import se_inject
+    from se_inject.files import write_atomically
     out = Path(args.output)
     _check_writable(out)
     model = build_model(args)
@@ -50,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        _save_atomically(out, lambda tmp: save_file(state, tmp))
+        write_atomically(out, lambda tmp: save_file(state, tmp))
     else:
-        _save_atomically(out, lambda tmp: torch.save(model, tmp))
+        write_atomically(out, lambda tmp: torch.save(model, tmp))
     print(plan)
     print(f"saved {type(model).__name__} with {len(plan.placements)} SE blocks to {out}")
     return 0
