@@ -553,14 +553,21 @@ def _interpreter_worker(request):
     worker = _spawn_worker() if needed else None
     request.module._worker = worker
     yield
-    if worker is not None and worker[0].poll() is None:
-        worker[0].kill()
-        worker[0].wait()
+    if worker is not None:
+        if worker[0].poll() is None:
+            worker[0].kill()
+            worker[0].wait()
+        for f in worker[1:]:
+            f.close()
 
 
 @pytest.fixture(scope="module")
 def interpreter_results(request) -> dict[str, dict]:
-    proc, out, err = getattr(request.module, "_worker", None) or _spawn_worker()
+    worker = getattr(request.module, "_worker", None)
+    proc, out, err = worker or _spawn_worker()
+    if worker is None:  # started here: closed here (else by _interpreter_worker's teardown)
+        request.addfinalizer(out.close)
+        request.addfinalizer(err.close)
     try:
         returncode = proc.wait(timeout=600)
     except subprocess.TimeoutExpired:
