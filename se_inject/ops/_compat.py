@@ -39,4 +39,6 @@ def declare_op_kernels(op_name: str, kernels: tuple) -> None:
     an edited kernel could be served from a stale compiled artifact.
     """
     import torch._library.triton as triton_lib
-    triton_lib.triton_ops_to_kernels[op_name] = list(kernels)
+    table = getattr(triton_lib, "triton_ops_to_kernels", None)  # torch releases without the cache
+    if table is not None:
+        table[op_name] = list(kernels)
