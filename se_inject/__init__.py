@@ -8,12 +8,12 @@
 """
 from .api import apply, plan
 from .block import SqueezeExcite
-from .errors import ExportError, PolicyError, SEInjectError, TraceError
+from .errors import ExportError, KernelError, PolicyError, SEInjectError, TraceError
 from .export import ExportReport, export_onnx, se_nodes
 from .planner import Plan
 from .policy import Policy, list_presets, load_policy
 
 __all__ = ["apply", "plan", "Plan", "Policy", "load_policy", "list_presets", "SqueezeExcite",
            "export_onnx", "ExportReport", "se_nodes",
-           "SEInjectError", "PolicyError", "TraceError", "ExportError"]
+           "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError"]
 __version__ = "0.1.0"

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import SEInjectError
+from .errors import KernelError
+
 
 __all__ = ["SqueezeExcite", "reduced_channels", "GATES", "SQUEEZES", "LAYOUTS", "INITS", "POST_ACTS", "KERNELS"]
 
@@ -224,27 +225,25 @@ class SqueezeExcite(nn.Module):
     @torch.jit.unused
     def _run_fused(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
         from . import ops
-        return ops.squeeze_excite(
-            x, residual, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-            channel_dim=self._channel_dim, squeeze=self.squeeze, gate=self.gate_name, gate_scale=self.gate_scale,
-            post_act=self.post_act, inplace=self.reuse_input and not torch.is_grad_enabled())
+        try:
+            return ops.squeeze_excite(
+                x, residual, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                channel_dim=self._channel_dim, squeeze=self.squeeze, gate=self.gate_name, gate_scale=self.gate_scale,
+                post_act=self.post_act,
+                inplace=bool(self.reuse_input and residual is not None and self._may_write_into(x, residual)),
+                fallback=self.kernels == "auto")
+        except KernelError as e:
+            raise KernelError(f"{self.label or 'SqueezeExcite'} (kernels='triton'): {str(e).split(': ', 1)[-1]}; "
+                              "use kernels='auto' to fall back to PyTorch where the kernels cannot run") from None
 
     @torch.jit.unused
     def _fused(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
-        """Whether this call runs the fused kernels: never while fx-tracing, tracing, exporting or
-        on the CPU with ``kernels="auto"``; ``kernels="triton"`` insists (one-line error if it cannot)."""
+        """Whether this call goes to :func:`se_inject.ops.squeeze_excite`: never while fx-tracing,
+        tracing or exporting (they see the PyTorch formulation), nor on the CPU with
+        ``kernels="auto"``. The op runs the PyTorch formulation itself for inputs its kernels do not
+        take (``auto``) or raises a one-line ``KernelError`` saying why (``triton``)."""
         if self.kernels == "torch" or isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing():
             return False
         if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
             return False
-        if self.kernels == "auto" and not x.is_cuda:
-            return False
-        from . import ops
-        why = ops.unsupported_reason(x, residual, channel_dim=self._channel_dim, squeeze=self.squeeze,
-                                     gate=self.gate_name)
-        if why is None:
-            return True
-        if self.kernels == "triton":
-            raise SEInjectError(f"{self.label or 'SqueezeExcite'}: kernels='triton' cannot run here ({why}); "
-                                "use kernels='auto' to fall back to PyTorch")
-        return False
+        return x.is_cuda or self.kernels == "triton"

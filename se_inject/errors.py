@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "did_you_mean"]
+__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "did_you_mean"]
 
 
 class SEInjectError(Exception):
@@ -26,6 +26,11 @@ class TraceError(SEInjectError, RuntimeError):
 
 class ExportError(SEInjectError, RuntimeError):
     """An ONNX export failed, or the exported graph disagrees with PyTorch."""
+
+
+class KernelError(SEInjectError, ValueError):
+    """The fused SE op (:mod:`se_inject.ops`) was given an unknown option, or inputs its kernels
+    cannot take where ``kernels="triton"`` insists on them."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import SEInjectError
+from ..errors import KernelError
 from . import kernels, layout
 from . import library as _library  # noqa: F401  (registers the torch.ops.se_inject ops)
 from .reference import GATES, POOLS, POST_ACTS, reference_squeeze_excite
@@ -32,10 +32,6 @@ __all__ = ["squeeze_excite", "unsupported_reason", "reference_squeeze_excite", "
 
 #: the dtypes the kernels read and write; anything else (float64) runs the reference.
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-class KernelError(SEInjectError, ValueError):
-    """The fused SE op was given an unknown option, or inputs it cannot take with ``fallback=False``."""
 
 
 def _check_args(x: torch.Tensor, channel_dim: int, squeeze: str, gate: str, post_act: str | None) -> None:
