@@ -189,7 +189,7 @@ def _fail_write_number(monkeypatch, n: int) -> None:
 
 
 def test_a_run_stops_on_a_failed_checkpoint_write_by_default(tmp_path, monkeypatch):
-    from trainers import train
+    from trainers.trainer import train  # not trainers.train: once imported, the submodule shadows the function
     out = tmp_path / "run"
     _fail_write_number(monkeypatch, 2)  # step 2 is written, step 4 is not
     with pytest.raises(CheckpointWriteError) as e:
@@ -201,7 +201,7 @@ def test_a_run_stops_on_a_failed_checkpoint_write_by_default(tmp_path, monkeypat
 
 
 def test_a_run_goes_on_past_a_failed_checkpoint_write_if_told_to(tmp_path, monkeypatch, capsys):
-    from trainers import train
+    from trainers.trainer import train  # not trainers.train: once imported, the submodule shadows the function
     out = tmp_path / "run"
     _fail_write_number(monkeypatch, 2)
     result = train(_small_run(out, "checkpoint.on_write_error=continue"))
