@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .config import TrainConfig, load_config
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, CheckpointWriteError, ConfigError, DataError, ExitStatus, NonFiniteError, Preempted
 
 if TYPE_CHECKING:
     from .trainer import RunResult
 
-__all__ = ["TrainConfig", "load_config", "train", "ConfigError", "CheckpointError", "DataError"]
+__all__ = ["TrainConfig", "load_config", "train", "ConfigError", "CheckpointError", "CheckpointWriteError", "DataError",
+           "NonFiniteError", "Preempted", "ExitStatus"]
 
 
 def train(cfg: TrainConfig) -> "RunResult":

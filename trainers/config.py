@@ -73,6 +73,9 @@ class RunConfig:
     eval_every: int = field(default=1, metadata=_help("Evaluate every N epochs (and always after the last).", min=1))
     dist_bn: Literal["reduce", "broadcast", "none"] = field(default="reduce", metadata=_help(
         "Under DDP, at each epoch end make BN running stats equal on every rank: average (reduce) or rank 0's."))
+    nonfinite: Literal["stop", "skip"] = field(default="stop", metadata=_help(
+        "A NaN/inf loss or gradient on any rank: stop (checkpoint the last good step, exit status 3) or skip "
+        "(drop the step on every rank, count it in skipped_steps)."))
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,9 @@ class CheckpointConfig:
     keep_last: int = field(default=2, metadata=_help("Checkpoints kept; older ones go once a newer one is complete.", min=1))
     resume: str | None = field(default=None, metadata=_help(
         "auto: the newest complete checkpoint in out_dir/checkpoints (else start fresh); or a checkpoint directory."))
+    on_write_error: Literal["stop", "continue"] = field(default="stop", metadata=_help(
+        "A checkpoint that cannot be written (full disk, I/O error): stop (exit status 2) or continue (one warning "
+        "line, the next checkpoint tries again); the previous checkpoint stays intact either way."))
 
 
 @dataclass(frozen=True)

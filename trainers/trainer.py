@@ -7,9 +7,21 @@
 
 Launch it with ``python -m trainers.train`` (1 process), ``torchrun --nproc_per_node=N -m trainers.train``
 (N ranks) or ``se-inject train``; all three read the same config.
+
+What a cluster does to a run, and what the run does about it (the README's Reliability section):
+
+- torchrun restarts the worker group after a rank dies (``--max-restarts``): the restarted ranks
+  resume from the newest complete checkpoint by themselves (``TORCHELASTIC_RESTART_COUNT`` > 0).
+- SIGTERM / SIGUSR1 (:mod:`trainers.preemption`): every rank finishes its step, rank 0 writes one
+  checkpoint, and :class:`~trainers.errors.Preempted` ends the run (exit status 75).
+- a NaN/inf loss or gradient on any rank (``run.nonfinite``): the step is dropped everywhere, or the
+  last good state is checkpointed and :class:`~trainers.errors.NonFiniteError` ends the run.
+- a checkpoint that cannot be written (``checkpoint.on_write_error``): one line, the previous
+  checkpoint intact; the run stops or goes on.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -22,12 +34,13 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_config
 from .data import load_datasets, make_loaders, resolve_input
-from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup_distributed,
-                          teardown_distributed)
-from .errors import CheckpointError, ConfigError
+from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, restart_hazard,
+                          setup_distributed, teardown_distributed)
+from .errors import CheckpointError, CheckpointWriteError, ConfigError, NonFiniteError, Preempted
 from .factory import add_se, build_backbone, build_ema, build_loss, build_mixup, build_optimizer, build_scheduler
-from .loop import EpochProgress, StepContext, evaluate, train_one_epoch
+from .loop import EpochProgress, Halt, StepContext, Stopped, evaluate, train_one_epoch
 from .metrics import MetricsWriter, peak_memory_mb, reset_peak_memory, summary_table
+from .preemption import PreemptionSignals
 from .rng import capture_rng, restore_rng, seed_everything, set_deterministic
 from .schema import to_dict
 
@@ -62,18 +75,27 @@ def train(cfg: TrainConfig) -> RunResult:
     """Train as ``cfg`` says, in this process (one rank of a torchrun job, or alone)."""
     d = setup_distributed(cfg.run.device)
     try:
-        return _Run(cfg, d).run()
+        with PreemptionSignals() as signals:
+            return _Run(cfg, d, signals).run()
     finally:
         teardown_distributed()
+
+
+def _elastic_restart() -> int:
+    """How many times torchrun's agent has restarted this worker group (0: the first start, or no torchrun)."""
+    value = os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
+    return int(value) if value.isdigit() else 0
 
 
 class _Run:
     """The state of one run on one rank; ``run()`` is the whole life cycle."""
 
-    def __init__(self, cfg: TrainConfig, d: DistInfo) -> None:
+    def __init__(self, cfg: TrainConfig, d: DistInfo, signals: PreemptionSignals | None = None) -> None:
         self.cfg, self.d = cfg, d
+        self.signals = signals or PreemptionSignals()
         self.out = Path(cfg.run.out_dir)
         self.ckpt_root = self.out / "checkpoints"
+        self.saved_step: int | None = None  # the step of the last checkpoint this process saw written
 
     # -- setup -------------------------------------------------------------------------------
     def _choose_checkpoint(self) -> ckpt.Checkpoint | None:
@@ -81,9 +103,18 @@ class _Run:
         resume = self.cfg.checkpoint.resume
         found: ckpt.Checkpoint | None = None
         error: Exception | None = None
+        restart = _elastic_restart()
         if self.d.is_main:
             try:
-                if resume is None:
+                if restart and ckpt.list_checkpoints(self.ckpt_root):
+                    # torchrun restarted the group after a rank died: go on from where the checkpoints are
+                    found = ckpt.find_latest(self.ckpt_root, lambda m: _warn(self.d, m))
+                    _log(self.d, f"elastic restart {restart}: resuming from the newest complete checkpoint, {found.path}")
+                elif restart and resume != "auto":
+                    _log(self.d, f"elastic restart {restart}: no checkpoint yet in {self.ckpt_root}, "
+                                 f"{'starting over' if resume is None else f'resuming from {resume} again'}")
+                    found = ckpt.load_checkpoint(resume) if resume is not None else None
+                elif resume is None:
                     if ckpt.list_checkpoints(self.ckpt_root):
                         raise ConfigError(f"run.out_dir {self.out} already holds checkpoints; pass --resume auto to "
                                           "continue that run, or choose another run.out_dir")
@@ -127,6 +158,9 @@ class _Run:
         if self.metrics is not None:
             self.metrics.rewrite(self.history)
         self._print_header()
+        hazard = restart_hazard()
+        if hazard:
+            _warn(d, hazard)
         # Ranks share the initial weights (seeded above) but not their noise: dropout, mixup and random
         # erasing draw from seed + rank, as in timm's train.py.
         seed_everything(cfg.run.seed + d.rank)
@@ -195,7 +229,8 @@ class _Run:
             model=wrapped, module=model, optimizer=self.optimizer, loss_fn=build_loss(cfg, mixup), device=d.device,
             scheduler=self.scheduler, per_step_schedule=cfg.sched.per_step, scaler=scaler, ema=self.ema, mixup=mixup,
             random_erasing=random_erasing, amp_dtype=_AMP[cfg.run.amp], channels_last=cfg.run.channels_last,
-            accum_steps=accum, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, world_size=d.world_size)
+            accum_steps=accum, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, world_size=d.world_size,
+            nonfinite=cfg.run.nonfinite, stop_requested=self._stop_requested)
 
     def _restore(self, c: ckpt.Checkpoint, model: nn.Module, scaler: Any) -> None:
         state = c.state
@@ -227,7 +262,8 @@ class _Run:
         size = "x".join(str(s) for s in data.input_size)
         _log(d, f"model {cfg.model.name}{se}: {params:.2f}M params | data {cfg.data.dataset}: {data.num_train} train / "
                 f"{data.num_val} val images, {size}, {data.num_classes} classes")
-        where = f"{d.world_size} rank{'s' if d.world_size > 1 else ''} ({d.backend or 'single process'}, {d.device.type})"
+        nodes = f" on {d.nodes} nodes" if d.nodes > 1 else ""
+        where = f"{d.world_size} rank{'s' if d.world_size > 1 else ''}{nodes} ({d.backend or 'single process'}, {d.device.type})"
         _log(d, f"{where} | global batch {self.global_batch} = {cfg.data.batch_size}/rank x {d.world_size} x "
                 f"{cfg.optim.accum_steps} accum | lr {self.optimizer.param_groups[0]['lr']:.4g} | "
                 f"{self.updates_per_epoch} steps/epoch x {cfg.run.epochs} epochs | out {self.out}")
@@ -237,25 +273,74 @@ class _Run:
                     f"(step {p.num_updates})")
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _save(self, progress: EpochProgress) -> None:
-        per_rank = all_gather_objects({"rng": capture_rng(), "progress": progress.to_state()})
-        if not self.d.is_main:
-            return
-        state = {
-            "format": STATE_FORMAT, "world_size": self.d.world_size,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else None,
-            "ranks": per_rank, "history": self.history, "config": dump_config(self.cfg),
-        }
-        ema = self.ema.module.state_dict() if self.ema is not None else None
-        ckpt.save_checkpoint(self.ckpt_root, progress.num_updates, self.module.state_dict(), ema, state,
-                             keep_last=self.cfg.checkpoint.keep_last)
+    def _save(self, progress: EpochProgress, rng: dict[str, Any] | None = None, last: bool = False) -> Path | None:
+        """Checkpoint ``progress`` (with each rank's ``rng``, default: the current states); its path, or None if
+        the write failed and the run goes on. Every rank learns the outcome, so all stop or go on together.
+
+        ``last``: the run ends after this one anyway (preemption, non-finite stop): a failure is reported, not raised.
+        """
+        per_rank = all_gather_objects({"rng": rng if rng is not None else capture_rng(), "progress": progress.to_state()})
+        outcome: tuple[str | None, str | None] = (None, None)
+        if self.d.is_main:
+            state = {
+                "format": STATE_FORMAT, "world_size": self.d.world_size,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else None,
+                "ranks": per_rank, "history": self.history, "config": dump_config(self.cfg),
+            }
+            ema = self.ema.module.state_dict() if self.ema is not None else None
+            try:
+                path = ckpt.save_checkpoint(self.ckpt_root, progress.num_updates, self.module.state_dict(), ema, state,
+                                            keep_last=self.cfg.checkpoint.keep_last)
+                outcome = (str(path), None)
+            except CheckpointWriteError as e:
+                outcome = (None, str(e))
+        path, error = broadcast_object(outcome)
+        if error is None:
+            self.saved_step = progress.num_updates
+            return Path(path)
+        if self.cfg.checkpoint.on_write_error == "stop" and not last:
+            raise CheckpointWriteError(f"{error}: free space and run again with --resume auto, or set "
+                                       "checkpoint.on_write_error=continue")
+        _warn(self.d, error + ("" if last else "; training goes on (checkpoint.on_write_error=continue)"))
+        return None
 
     def _on_update(self, progress: EpochProgress) -> None:
         every = self.cfg.checkpoint.every_steps
         if every and progress.num_updates % every == 0 and progress.batch < self.num_batches:
             self._save(progress)
+
+    def _on_skip(self, progress: EpochProgress, detail: str) -> None:
+        _warn(self.d, f"step {progress.num_updates} (epoch {progress.epoch}, batch {progress.batch}/{self.num_batches}): "
+                      f"{detail}; skipped on every rank (run.nonfinite=skip)")
+
+    def _stop_requested(self) -> bool:
+        return self.signals.requested is not None
+
+    def _halt(self, halt: Stopped, p: EpochProgress) -> None:
+        """The loop stopped early: write the one checkpoint that lets a run continue, then end this one."""
+        if halt.reason == Halt.NONFINITE:  # p is rolled back to the start of the bad step, the RNG states with it
+            path = self._save(p, rng=halt.rng, last=True)
+            kept = (f"checkpoint {path} holds the last good state" if path is not None
+                    else "the last good state could not be saved")
+            raise NonFiniteError(
+                f"step {halt.step} (epoch {p.epoch}, batch {p.batch + 1}/{self.num_batches}): {halt.detail}; {kept} "
+                f"(step {p.num_updates}): lower optim.lr, set optim.clip_grad or run.nonfinite=skip, then --resume auto")
+        self._preempted(p)
+
+    def _preempted(self, p: EpochProgress) -> None:
+        done = self.saved_step == p.num_updates  # the step's own checkpoint (every_steps, epoch end) is written
+        path = (self.ckpt_root / f"step-{p.num_updates:08d}") if done else self._save(p, last=True)
+        signal = self.signals.requested or "a preemption signal to another rank"
+        where = f"step {p.num_updates} (epoch {p.epoch}, batch {p.batch}/{self.num_batches})"
+        kept = f"checkpoint {path}" if path is not None else "no new checkpoint"
+        raise Preempted(f"stopped by {signal} after {where}; {kept}; continue with --resume auto", path)
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was signalled (one all-reduce; between epochs, where the step loop does not ask)."""
+        flag = torch.tensor([1.0 if self._stop_requested() else 0.0], device=self.d.device)
+        return all_reduce_sum(flag).item() > 0
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -271,10 +356,12 @@ class _Run:
             bar = tqdm(total=self.num_batches, initial=p.batch, desc=f"epoch {p.epoch}", unit="batch",
                        dynamic_ncols=True, leave=False, file=sys.stderr) if (d.is_main and cfg.run.progress) else None
             time_before = p.train_time
-            train_one_epoch(self.ctx, self.data.train_loader, p, self.num_batches, on_update=self._on_update, bar=bar,
-                            log_every=cfg.run.log_every)
+            halt = train_one_epoch(self.ctx, self.data.train_loader, p, self.num_batches, on_update=self._on_update,
+                                   on_skip=self._on_skip, bar=bar, log_every=cfg.run.log_every)
             if bar is not None:
                 bar.close()
+            if halt is not None:
+                self._halt(halt, p)
             if d.distributed and cfg.run.dist_bn != "none":
                 # DDP keeps parameters in sync, not BN running stats (each rank updates its own)
                 from timm.utils import distribute_bn
@@ -286,9 +373,11 @@ class _Run:
             if self.metrics is not None:
                 self.metrics.append(record)
             _log(d, _epoch_line(record))
-            p.epoch, p.batch, p.samples, p.train_time = p.epoch + 1, 0, 0, 0.0
+            p.epoch, p.batch, p.samples, p.train_time, p.skipped_steps = p.epoch + 1, 0, 0, 0.0, 0
             p.loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
             self._save(p)
+            if p.epoch < cfg.run.epochs and self._stop_agreed():  # signalled during evaluation or the checkpoint
+                self._preempted(p)
         return self._finish()
 
     def _epoch_record(self, p: EpochProgress, other_time: float) -> dict[str, Any]:
@@ -315,19 +404,24 @@ class _Run:
             "epoch_time_s": p.train_time + other_time + eval_time,
             "peak_mem_mb": max(all_gather_objects(peak_memory_mb(d.device))),
             "num_updates": p.num_updates,
+            "skipped_steps": p.skipped_steps,
         })
         return record
 
     def _finish(self) -> RunResult:
-        from safetensors.torch import save_file
-
         d = self.d
+        error = None
         if d.is_main:
-            weights = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-            save_file(weights, str(self.out / "model.safetensors"))
-            if self.ema is not None:
-                save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()},
-                          str(self.out / "ema.safetensors"))
+            try:
+                ckpt.save_weights(self.module.state_dict(), self.out / "model.safetensors")
+                if self.ema is not None:
+                    ckpt.save_weights(self.ema.module.state_dict(), self.out / "ema.safetensors")
+            except CheckpointWriteError as e:
+                error = str(e)
+        error = broadcast_object(error)
+        if error is not None:
+            raise CheckpointWriteError(error)
+        if d.is_main:
             if self.metrics is not None:
                 self.metrics.close()
             print(summary_table(self.history), flush=True)
@@ -348,12 +442,15 @@ def _epoch_line(r: dict[str, Any]) -> str:
         parts += [f"val_loss {r['val_loss']:.4f}", f"top1_err {r['top1_err']:.2f}%", f"top5_err {r['top5_err']:.2f}%"]
     if r.get("ema_top1_err") is not None:
         parts.append(f"ema_top1_err {r['ema_top1_err']:.2f}%")
+    if r.get("skipped_steps"):
+        parts.append(f"{r['skipped_steps']} non-finite step{'s' if r['skipped_steps'] > 1 else ''} skipped")
     parts += [f"lr {r['lr']:.4g}", f"{r['img_per_s']:.0f} img/s", f"{r['epoch_time_s']:.1f}s"]
     return " | ".join(parts)
 
 
-#: keys whose change between a checkpoint and its resume is expected (length, logging, where to resume from).
-_FREE_KEYS = ("run.epochs", "run.progress", "run.log_every", "run.tensorboard", "checkpoint.")
+#: keys whose change between a checkpoint and its resume is expected (length, logging, where to resume from, what a
+#: bad step does: run.nonfinite=skip is how a run stopped by a non-finite step goes on).
+_FREE_KEYS = ("run.epochs", "run.progress", "run.log_every", "run.tensorboard", "run.nonfinite", "checkpoint.")
 
 
 def _changed_keys(saved_yaml: str, cfg: TrainConfig) -> list[str]:

@@ -16,4 +16,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..train import run_from_args  # torch, timm and the trainer load only now
-    return run_from_args(args)
+    return run_from_args(args, prog="se-inject train: ")
