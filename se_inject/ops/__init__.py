@@ -61,7 +61,7 @@ def unsupported_reason(x: torch.Tensor, residual: torch.Tensor | None, *, channe
     Used to dispatch (:func:`squeeze_excite` runs the reference when it is not ``None``) and for
     errors (``fallback=False``):
 
-        >>> x = torch.randn(2, 8, 6, 6, dtype=torch.float64, device="cuda")
+        >>> x = torch.empty(2, 8, 6, 6, dtype=torch.float64, device="meta")   # shapes only, as on CUDA
         >>> unsupported_reason(x, None, channel_dim=1, squeeze="avg", gate="sigmoid")
         'x is torch.float64: the kernels take float32, float16 and bfloat16 maps'
         >>> unsupported_reason(x.float()[:, :, ::2], None, channel_dim=1, squeeze="avg", gate="sigmoid")
