@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from se_inject.cli import main
+from se_inject_cli import main
 from trainers.compare import CompareError, load_spec
 
 TINY = """

@@ -49,7 +49,7 @@ def test_sigterm_to_se_inject_train_checkpoints_once_and_exits_75(tmp_path):
             "data.dataset=synthetic", "data.synthetic.train_samples=256", "data.synthetic.val_samples=32",
             "data.synthetic.size=[3,16,16]", "data.batch_size=16", "data.workers=0", "model.name=cifar_resnet8",
             "ema.decay=0.9"]
-    cmd = [sys.executable, "-m", "se_inject.cli", "train", *[a for s in sets for a in ("--set", s)]]  # `se-inject train`
+    cmd = [sys.executable, "-m", "se_inject_cli", "train", *[a for s in sets for a in ("--set", s)]]  # `se-inject train`
     run = Launched(cmd, tmp_path / "log")
     deadline = time.monotonic() + 120
     while "steps/epoch x 2 epochs" not in run.output():  # set up: training starts

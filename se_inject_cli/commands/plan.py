@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._models import add_model_arguments, build_model, policy_overrides
+from ..options import add_model_arguments, build_model, policy_overrides
 
 HELP = "print the SE site table and parameter/MAC totals for a backbone (changes nothing)"
 

@@ -1,4 +1,4 @@
-"""``se-inject compare --config compare.yaml``: train baseline and SE variants, then write the report."""
+"""``python -m trainers.compare`` and ``se-inject compare``: train baseline and SE variants, then write the report."""
 from __future__ import annotations
 
 import argparse
