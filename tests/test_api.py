@@ -67,6 +67,8 @@ def test_apply_twice_inserts_nothing(timm_model):
     assert list(twice.state_dict()) == list(once.state_dict())
     plan = se_inject.plan(once)
     assert not plan.placements and plan.skipped_by_reason() == {"already gated": 16}
+    from se_inject.codes import Code
+    assert plan.skipped_by_code() == {Code.ALREADY_GATED: 16}   # programs compare codes, not sentences
 
 
 @pytest.mark.parametrize("name", ["resnet50", "inception_v3", "inception_resnet_v2", "vgg11_bn", "convnext_tiny",
