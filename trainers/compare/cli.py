@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trainers.compare import load_spec, run_matrix, write_report
-    from trainers.compare.runner import status_of
+    from trainers.compare.runner import RunState, status_of
     spec = load_spec(args.config, args.out)
     if args.dry_run:
         for r in spec.runs:
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     statuses = run_matrix(spec)
     report = write_report(spec.out_dir, title=spec.name)
-    failed = [s for s in statuses if s.state == "failed"]
+    failed = [s for s in statuses if s.state is RunState.FAILED]
     print(f"report: {report}" + (f" ({len(failed)} run(s) failed, shown in the report)" if failed else ""))
     return 1 if failed else 0
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .runner import ERROR, META, status_of
+from .runner import ERROR, META, RunState, status_of
 
 __all__ = ["collect", "write_report", "RunRecord"]
 
@@ -36,7 +36,7 @@ class RunRecord:
     variant: str
     se: dict[str, Any] | None
     seed: int
-    state: str
+    state: RunState
     history: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
     order: int = 0            # the variant's position in the comparison file
@@ -151,7 +151,7 @@ def _curves(groups: dict[tuple[str, str], list[RunRecord]], backbone: str, path:
 
 def _r_ablation(rows: list[dict[str, Any]], backbone: str) -> list[str]:
     """Table 5: error and model size per reduction ratio, 'original' = the baseline."""
-    se_rows = [r for r in rows if r["backbone"] == backbone and r["se"] is not None and r["state"] == "ok"]
+    se_rows = [r for r in rows if r["backbone"] == backbone and r["se"] is not None and r["state"] is RunState.DONE]
     by_policy: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in se_rows:
         by_policy[str(r["se"].get("policy", "paper"))].append(r)
@@ -162,7 +162,7 @@ def _r_ablation(rows: list[dict[str, Any]], backbone: str) -> list[str]:
              "| r | top-1 err. | top-5 err. | params | size (MB) |", "|---|---|---|---|---|"]
     for r in sorted(group, key=lambda x: x["r"]):
         lines.append(f"| {r['r']:g} | {r['top1']} | {r['top5']} | {r['params']} | {r['size_mb']} |")
-    base = next((r for r in rows if r["backbone"] == backbone and r["se"] is None and r["state"] == "ok"), None)
+    base = next((r for r in rows if r["backbone"] == backbone and r["se"] is None and r["state"] is RunState.DONE), None)
     if base:
         lines.append(f"| original | {base['top1']} | {base['top5']} | {base['params']} | {base['size_mb']} |")
     return lines + [""]
@@ -193,17 +193,18 @@ def write_report(root: str | os.PathLike[str], *, title: str | None = None, late
     baselines = {b: v for (b, v), rs in groups.items() if rs[0].se is None}
     rows = []
     for (backbone, variant), runs in groups.items():
-        ok = [r for r in runs if r.state == "done"]
+        ok = [r for r in runs if r.state is RunState.DONE]
         top1 = [r.final["top1_err"] for r in ok]
         top5 = [r.final["top5_err"] for r in ok]
-        base_runs = [r for r in groups.get((backbone, baselines.get(backbone, "")), []) if r.state == "done"]
+        base_runs = [r for r in groups.get((backbone, baselines.get(backbone, "")), []) if r.state is RunState.DONE]
         stats = _model_stats(ok[0].out_dir) if ok else None
         speed = [statistics.fmean(h["img_per_s"] for h in r.history) for r in ok if r.history]
-        failed = [r for r in runs if r.state == "failed"]
+        failed = [r for r in runs if r.state is RunState.FAILED]
         se = runs[0].se
         rows.append({
             "backbone": backbone, "variant": variant, "se": se, "r": (se or {}).get("r", 16) if se else None,
-            "state": "ok" if ok else ("failed" if failed else "running"),
+            # the variant's row: done when a seed finished, failed when all that ended failed, else unfinished
+            "state": RunState.DONE if ok else (RunState.FAILED if failed else runs[0].state),
             "top1": _fmt_err(*_mean_std(top1)) + ("" if se is None else _delta(top1, [r.final["top1_err"] for r in base_runs])),
             "top5": _fmt_err(*_mean_std(top5)) + ("" if se is None else _delta(top5, [r.final["top5_err"] for r in base_runs])),
             "params": f"{stats.params / 1e6:.3f} M" if stats else "-",
@@ -223,12 +224,12 @@ def write_report(root: str | os.PathLike[str], *, title: str | None = None, late
              "| backbone | variant | top-1 err. | top-5 err. | params | GMACs | size (MB) | train img/s | latency (ms) | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["state"] == "failed":
+        if r["state"] is RunState.FAILED:
             lines.append(f"| {r['backbone']} | {r['variant']} | **failed**: {r['error']} | | | | | | | {r['seeds']} |")
         else:
             lines.append(f"| {r['backbone']} | {r['variant']} | {r['top1']} | {r['top5']} | {r['params']} | {r['macs']} | "
                          f"{r['size_mb']} | {r['speed']} | {r['latency']} | {r['seeds']} |")
-        if r["state"] == "ok" and r["error"]:
+        if r["state"] is RunState.DONE and r["error"]:
             lines.append(f"| | | *{r['error']}* | | | | | | | |")
     lines.append("")
     for backbone in dict.fromkeys(r["backbone"] for r in rows):

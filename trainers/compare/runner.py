@@ -18,31 +18,44 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from .spec import CompareSpec, Run
 
-__all__ = ["RunStatus", "run_matrix", "status_of"]
+__all__ = ["RunState", "RunStatus", "run_matrix", "status_of"]
 
 RESULT, ERROR, LOG, META = "result.json", "error.txt", "train.log", "compare.json"
 
 
+class RunState(StrEnum):
+    """Where a run of a comparison stands: one vocabulary for the runner, ``--dry-run`` and the report."""
+    NEW = "new"                  # never started
+    INTERRUPTED = "interrupted"  # checkpoints but no result: the next invocation resumes it
+    DONE = "done"                # result.json written
+    FAILED = "failed"            # error.txt written (the others still run)
+
+
 @dataclass(frozen=True)
 class RunStatus:
+    """One run after :func:`run_matrix`: ``DONE`` or ``FAILED``; ``trained`` is False for a run that
+    was already done before this invocation."""
     run: Run
-    state: str          # done | failed | skipped (already done)
+    state: RunState
     seconds: float = 0.0
     error: str = ""
+    trained: bool = True
 
 
-def status_of(out_dir: Path) -> str:
+def status_of(out_dir: Path) -> RunState:
+    """A run directory's :class:`RunState`, read from the files it holds."""
     if (out_dir / RESULT).exists():
-        return "done"
+        return RunState.DONE
     if (out_dir / ERROR).exists():
-        return "failed"
+        return RunState.FAILED
     if (out_dir / "checkpoints").exists():
-        return "interrupted"
-    return "new"
+        return RunState.INTERRUPTED
+    return RunState.NEW
 
 
 def _command(spec: CompareSpec, run: Run) -> list[str]:
@@ -52,7 +65,7 @@ def _command(spec: CompareSpec, run: Run) -> list[str]:
         cmd += ["--config", spec.config]
     for item in (*spec.overrides, *run.overrides(), "run.progress=false"):
         cmd += ["--set", item]
-    if status_of(run.out_dir) == "interrupted":
+    if status_of(run.out_dir) is RunState.INTERRUPTED:
         cmd += ["--resume", "auto"]
     return cmd
 
@@ -116,13 +129,13 @@ def _run_one(spec: CompareSpec, run: Run, slots: _Slots, echo) -> RunStatus:
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, run.out_dir / RESULT)
         echo(f"done  {run.key} in {seconds:.0f} s: top-1 error {result['final'].get('top1_err', float('nan')):.2f}%")
-        return RunStatus(run, "done", seconds)
+        return RunStatus(run, RunState.DONE, seconds)
     lines = (run.out_dir / LOG).read_text(errors="replace").strip().splitlines()
     tail = lines[-15:]
     reason = _reason(lines) or f"exit status {proc.returncode}"
     (run.out_dir / ERROR).write_text(f"exit status {proc.returncode}: {reason}\n\n" + "\n".join(tail) + "\n")
     echo(f"FAILED {run.key}: {reason}")
-    return RunStatus(run, "failed", seconds, reason)
+    return RunStatus(run, RunState.FAILED, seconds, reason)
 
 
 _ERROR_LINE = re.compile(r"^([\w.]+)?(Error|Exception|Interrupt)\w*: ")
@@ -136,8 +149,8 @@ def _reason(lines: list[str]) -> str:
 
 def run_matrix(spec: CompareSpec, echo=print) -> list[RunStatus]:
     """Train every unfinished run of ``spec``; returns each run's status."""
-    todo = [r for r in spec.runs if status_of(r.out_dir) != "done"]
-    done = [RunStatus(r, "skipped") for r in spec.runs if status_of(r.out_dir) == "done"]
+    todo = [r for r in spec.runs if status_of(r.out_dir) is not RunState.DONE]
+    done = [RunStatus(r, RunState.DONE, trained=False) for r in spec.runs if status_of(r.out_dir) is RunState.DONE]
     echo(f"{spec.name}: {len(spec.runs)} runs, {len(done)} already finished, {len(todo)} to train "
          f"({spec.parallel} at a time, {spec.nproc_per_node} process(es) each) -> {spec.out_dir}")
     slots = _Slots(spec)
