@@ -35,6 +35,8 @@ from torch import nn
 from .block import SqueezeExcite
 from .errors import ExportError
 from .files import publish
+from .modes import eval_mode
+from .shapes import default_input_size
 from .onnx_graph import (SE_BLOCKS_KEY, _unique, fold_weight_reshapes, name_batch_dim, name_folded_weights,
                          name_nodes, name_scoped_nodes, se_nodes)
 
@@ -136,22 +138,14 @@ def _eval_on_cpu(model: nn.Module):
         raise ExportError(f"model spans devices {sorted(map(str, devices))}; move it to one device "
                           "(export runs on CPU) and export again")
     device = devices.pop() if devices else torch.device("cpu")
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        if device.type != "cpu":
-            model.to("cpu")
-        yield
-    finally:
-        if device.type != "cpu":
-            model.to(device)
-        for m, flag in flags:
-            m.training = flag
-
-
-def _default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("input_size", (3, 224, 224)))  # type: ignore[return-value]
+    with eval_mode(model):
+        try:
+            if device.type != "cpu":
+                model.to("cpu")
+            yield
+        finally:
+            if device.type != "cpu":
+                model.to(device)
 
 
 def _flat_outputs(out) -> tuple[list[str], list[torch.Tensor]]:
@@ -324,7 +318,7 @@ def export_onnx(
     """
     start = time.perf_counter()
     path = Path(path)
-    size = tuple(input_size) if input_size is not None else _default_input_size(model)
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
     if len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
         raise ExportError(f"input_size {size} is not (C, H, W) with positive ints; pass e.g. input_size=(3, 224, 224)")
     if not path.parent.is_dir():

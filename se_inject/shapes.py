@@ -23,6 +23,9 @@ import torch.utils._pytree as pytree
 from torch import nn
 from torch.func import functional_call
 
+from .errors import first_line
+from .modes import eval_mode
+
 __all__ = ["Call", "BACKENDS", "record_calls", "annotate_shapes", "forward_shapes", "shapes_of", "eval_mode",
            "model_device", "default_input_size", "check_input_size", "expected_input", "first_line"]
 
@@ -176,19 +179,6 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """The shape pass runs in eval mode (no batch-norm statistics updated, no dropout); every
-    module's own flag is restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, was in modes:
-            m.training = was
-
-
 def record_calls(model: nn.Module, backend: _Backend, x: torch.Tensor) -> dict[str, Call]:
     calls: dict[str, Call] = {}
     counter = iter(range(1 << 62))
@@ -267,12 +257,6 @@ def bound_args(module: nn.Module, call: Call) -> tuple[Any, ...]:
     bound = inspect.signature(module.forward).bind(*call.args, **call.kwargs)
     bound.apply_defaults()
     return tuple(bound.arguments.values())
-
-
-def first_line(e: BaseException) -> str:
-    """``TypeName: first line of the message``, at most 300 characters: for one-line reports."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 def shapes_of(tree: Any) -> Any:

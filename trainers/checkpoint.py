@@ -35,6 +35,9 @@ from typing import Any
 
 import torch
 
+from se_inject.errors import first_line
+from se_inject.files import write_atomically
+
 from .errors import CheckpointError, CheckpointWriteError
 
 __all__ = ["Checkpoint", "save_checkpoint", "save_weights", "load_checkpoint", "list_checkpoints", "find_latest", "MODEL_FILE",
@@ -161,13 +164,10 @@ def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     try:
-        save_file(_cpu_contiguous(state), str(tmp))
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: save_file(_cpu_contiguous(state), tmp))
     except Exception as e:
-        tmp.unlink(missing_ok=True)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e, with_type=False)
         raise CheckpointWriteError(f"{path} not written ({reason}); the newest checkpoint in {path.parent / 'checkpoints'} "
                                    "holds these weights: free space and run again with --resume auto") from None
 
@@ -227,7 +227,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         state = torch.load(p / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # zipfile / unpickling errors of a damaged file
-        raise CheckpointError(f"checkpoint file {p / STATE_FILE} does not load ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint file {p / STATE_FILE} does not load ({first_line(e, with_type=False)})") from None
     return Checkpoint(p, model, ema, state)
 
 

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from se_inject.errors import first_line
+
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_config
 from .data import load_datasets, make_loaders, resolve_input
@@ -242,7 +244,7 @@ class _Run:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {c.path} does not fit this model/optimizer "
-                                  f"({str(e).splitlines()[0]}); resume with the config it was written with "
+                                  f"({first_line(e, with_type=False)}); resume with the config it was written with "
                                   f"({self.out / 'run.yaml'})") from None
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])

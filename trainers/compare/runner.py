@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from se_inject.files import write_atomically
+
 from .spec import CompareSpec, Run
 
 __all__ = ["RunState", "RunStatus", "run_matrix", "status_of"]
@@ -125,9 +127,7 @@ def _run_one(spec: CompareSpec, run: Run, slots: _Slots, echo) -> RunStatus:
     if proc.returncode == 0 and history.exists():
         rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
         result = {**meta, "seconds": round(seconds, 1), "final": rows[-1] if rows else {}}
-        tmp = run.out_dir / f".{RESULT}.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, run.out_dir / RESULT)
+        write_atomically(run.out_dir / RESULT, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
         echo(f"done  {run.key} in {seconds:.0f} s: top-1 error {result['final'].get('top1_err', float('nan')):.2f}%")
         return RunStatus(run, RunState.DONE, seconds)
     lines = (run.out_dir / LOG).read_text(errors="replace").strip().splitlines()

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from se_inject.errors import first_line
+
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError
 from . import fashion_mnist
@@ -75,7 +77,7 @@ def _imagefolder(cfg: TrainConfig) -> RawData:
         try:
             ds = create_dataset("", root=d.root, split=split, search_split=True)
         except Exception as e:  # timm raises RuntimeError/FileNotFoundError/AssertionError for empty or missing folders
-            raise DataError(f"imagefolder: cannot read split {split!r} under {d.root} ({str(e).splitlines()[0]}); "
+            raise DataError(f"imagefolder: cannot read split {split!r} under {d.root} ({first_line(e, with_type=False)}); "
                             f"expected {d.root}/{split}/<class>/<image>") from None
         if len(ds) == 0:
             raise DataError(f"imagefolder: {d.root}/{split} holds no images; expected {d.root}/{split}/<class>/<image>")
