@@ -11,6 +11,7 @@ that moved or changed behaviour, instead of a planning or export error far from 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 
 __all__ = ["pytree", "CodeOnlyModule", "format_import_block", "forward_from_src", "sys_importer", "MODULE_STATE",
            "qualified_name", "drop_dotted_wraps", "fake_tensor_mode", "size_oblivious_export", "version_of",
-           "ConvNd", "NormBase", "check"]
+           "ConvNd", "NormBase", "holds_data", "is_interpreted", "declare_op_kernels", "check"]
 
 # ---- torch.fx.graph_module: rebuilding a GraphModule from its generated code (pickling, deepcopy),
 # as torch's own GraphModule.__reduce__/__deepcopy__ do.
@@ -85,6 +86,43 @@ def version_of(t: torch.Tensor) -> int:
     return t._version
 
 
+# ---- the fused kernels (se_inject.ops)
+
+def holds_data(*tensors: torch.Tensor | None) -> bool:
+    """True when every tensor is a plain tensor with real storage and no dispatch mode is active.
+
+    Triton's interpreter reads tensors through NumPy, so it cannot run on the fake/functional
+    tensors that ``torch.compile`` and ``register_fake`` trace with; those take the PyTorch twin.
+    """
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+    if is_in_torch_dispatch_mode():
+        return False
+    return all(t is None or type(t) is torch.Tensor for t in tensors)
+
+
+def is_interpreted(kernel: object) -> bool:
+    """True when ``@triton.jit`` made an interpreter function (``TRITON_INTERPRET=1`` at import)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return False
+    return isinstance(kernel, InterpretedFunction)
+
+
+def declare_op_kernels(op_name: str, kernels: tuple) -> None:
+    """Tell torch which Triton kernels a ``triton_op`` launches.
+
+    ``triton_op`` finds them by reading the op's source for ``wrap_triton(name)`` calls, which does
+    not see through our launchers; AOTAutograd's cache hashes the kernels it lists, so without this
+    an edited kernel could be served from a stale compiled artifact. A no-op on torch releases
+    without that table (the GPU machines' 2.11).
+    """
+    import torch._library.triton as triton_lib
+    table = getattr(triton_lib, "triton_ops_to_kernels", None)
+    if table is not None:
+        table[op_name] = list(kernels)
+
+
 def check() -> list[str]:
     """What moved or changed in this torch, one line each ([] when everything is where it was)."""
     problems = []
@@ -131,6 +169,11 @@ def check() -> list[str]:
         pytree.keystr(((pytree.MappingKey("a")),))
     except Exception as e:
         problems.append(f"torch.utils._pytree path API changed: {e}")
+    try:
+        holds_data(torch.zeros(1))
+        importlib.import_module("torch._library.triton")
+    except Exception as e:
+        problems.append(f"the kernels' private torch names moved (holds_data / torch._library.triton): {e}")
     for name in ("CodeOnlyModule", "format_import_block", "forward_from_src"):
         if globals().get(name) is None:
             problems.append(f"torch.fx.graph_module.{name} is gone")

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.fx.experimental._config
 from torch import nn
 
 from .block import SqueezeExcite
+from ._torch_compat import pytree, size_oblivious_export
 from .errors import ExportError
 from .files import publish
 from .modes import eval_mode
@@ -151,7 +151,6 @@ def _eval_on_cpu(model: nn.Module):
 def _flat_outputs(out) -> tuple[list[str], list[torch.Tensor]]:
     """Output names and tensors in the exporters' (pytree) order: ``output``; ``output_0``, ``output_1``
     for a tuple; the keys for a dict (``logits``, ``aux_0``)."""
-    pytree = torch.utils._pytree
     pairs, _ = pytree.tree_flatten_with_path(out)
     bad = [(pytree.keystr(k), type(v).__name__) for k, v in pairs if not isinstance(v, torch.Tensor)]
     if bad or not pairs:
@@ -195,7 +194,7 @@ def _capture(model: nn.Module, x: torch.Tensor, dynamic_batch: bool) -> tuple[to
         for example in examples:
             try:
                 # backed_size_oblivious: what torch.onnx's own capture does to keep a size-1 dim dynamic.
-                with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+                with size_oblivious_export():
                     exported = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=strict)
                 return exported, \
                     f"torch.export {'strict' if strict else 'non-strict'} at batch {example.shape[0]}"

@@ -21,7 +21,7 @@ from .graph_module import OwnerGraphModule
 from .operators import fresh_output
 from .planner import Placement, Plan
 from .preserve import preserved
-from .shapes import forward_shapes, graph_constants
+from .shapes import forward_shapes
 from .tracing import ModuleGraph
 
 __all__ = ["rewrite"]
@@ -233,7 +233,7 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
     try:
         built = {}
         for path, ps in by_owner.items():
-            constants = graph_constants(traced.graphs[path].graph)
+            constants = traced.graphs[path].constants
             if copied:  # a tensor fx made a constant belongs to one rewritten owner, not to two
                 constants = {k: v.clone() for k, v in constants.items()}
             built[path] = _build_owner(model.get_submodule(path), traced.graphs[path], ps, plan, constants)

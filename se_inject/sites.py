@@ -44,7 +44,7 @@ from torch import nn
 from . import operators as ops
 from .block import SqueezeExcite
 from .codes import Code
-from .owner_graph import OwnerGraph
+from .graph_facts import GraphFacts
 from .tracing import TracedModel, is_mode_dependent
 
 __all__ = ["Site", "find_sites", "KINDS"]
@@ -84,7 +84,7 @@ class Site:
 class _Finder:
     """Runs the per-kind detectors over one owner and turns hits into :class:`Site` records."""
 
-    def __init__(self, owner: OwnerGraph, traced: TracedModel) -> None:
+    def __init__(self, owner: GraphFacts, traced: TracedModel) -> None:
         self.o, self.traced = owner, traced
         self.sites: list[Site] = []
         self.covered: dict[fx.Node, str] = {}  # node on a residual branch -> that site's SE input
@@ -333,7 +333,7 @@ def find_sites(traced: TracedModel) -> list[Site]:
     for mg in traced.owners():
         if any(f"{mg.path}.".startswith(g) for g in gates):
             continue  # the inside of an existing gate (EfficientNet's SE convs) is no place for another
-        finder = _Finder(OwnerGraph(mg), traced)
+        finder = _Finder(GraphFacts(mg), traced)
         finder.residuals()
         finder.concats()
         finder.convs()

@@ -509,7 +509,7 @@ def test_private_apis_exist():
 
     import torch._library.triton as triton_lib
 
-    from se_inject.ops._compat import holds_data, is_interpreted
+    from se_inject._torch_compat import holds_data, is_interpreted
     assert holds_data(torch.ones(1), None) and not is_interpreted(object())
     assert triton_lib.get_triton_kernels_for_op("se_inject::squeeze_excite_backward") == list(kernels.BACKWARD_KERNELS)
     with FakeTensorMode() as mode:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels, layout
-from ._compat import holds_data
+from .._torch_compat import holds_data
 from .reference import GATES
 
 __all__ = ["forward", "backward", "launches_kernels", "GATE_GRADS"]

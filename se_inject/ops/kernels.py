@@ -27,7 +27,7 @@ import functools
 import torch
 
 from . import layout
-from ._compat import is_interpreted
+from .._torch_compat import is_interpreted
 
 try:
     import triton

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import fused, kernels
-from ._compat import declare_op_kernels
+from .._torch_compat import declare_op_kernels
 
 __all__ = ["squeeze_excite_op", "squeeze_excite_backward_op", "squeeze_excite_inplace_op"]
 
