@@ -148,6 +148,18 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
     step_samples, step_start_batch, buffers, rng = 0, progress.batch, None, None
     stop = False
+
+    def slot_passed() -> None:
+        """An optimizer step's slot has passed (taken or dropped): the per-step schedule, then the
+        caller's hook (checkpoints), outside the measured step time."""
+        nonlocal start
+        if ctx.scheduler is not None and ctx.per_step_schedule:
+            ctx.scheduler.step_update(num_updates=progress.num_updates)
+        if on_update is not None:
+            progress.train_time += time.perf_counter() - start
+            on_update(progress)
+            start = time.perf_counter()
+
     for x, y in batches:
         if progress.batch >= num_batches:
             break
@@ -209,14 +221,9 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
                     return Stopped(Halt.NONFINITE, progress.num_updates + 1, detail, rng)
                 progress.num_updates += 1  # the step's slot passes (schedule, checkpoint cadence); nothing is learnt
                 progress.skipped_steps += 1
-                if ctx.scheduler is not None and ctx.per_step_schedule:
-                    ctx.scheduler.step_update(num_updates=progress.num_updates)
                 if on_skip is not None:
                     on_skip(progress, detail)
-                if on_update is not None:
-                    progress.train_time += time.perf_counter() - start
-                    on_update(progress)
-                    start = time.perf_counter()
+                slot_passed()
                 if stop:
                     break
                 continue
@@ -234,18 +241,13 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         progress.num_updates += 1
         if ctx.ema is not None:
             ctx.ema.update(ctx.module, step=progress.num_updates)
-        if ctx.scheduler is not None and ctx.per_step_schedule:
-            ctx.scheduler.step_update(num_updates=progress.num_updates)
         if bar is not None and progress.num_updates % log_every == 0:
             now = time.perf_counter()
             rate = (progress.samples - last_log_samples) * ctx.world_size / max(now - last_log_time, 1e-9)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{ctx.optimizer.param_groups[0]['lr']:.4g}",
-                            img_s=f"{rate:.0f}")  # refreshes the bar: once per log_every steps
+                            img_s=f"{rate:.0f}")  # refreshes the bar (the step's own lr): once per log_every steps
             last_log_samples, last_log_time = progress.samples, now
-        if on_update is not None:
-            progress.train_time += time.perf_counter() - start
-            on_update(progress)
-            start = time.perf_counter()
+        slot_passed()
         if stop:
             break
     progress.train_time += time.perf_counter() - start
