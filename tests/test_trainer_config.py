@@ -43,6 +43,7 @@ def test_set_overrides_parse_values_as_yaml():
     (["model.se.policy=papr"], "key 'model.se.policy': papr: not a preset"),
     (["optim=0.1"], "key 'optim' must be a mapping of keys (opt, lr, lr_base_batch, momentum, ...), got 0.1 (float)"),
     (["data.dataset=imagefolder"], "data.root is required for data.dataset=imagefolder"),
+    (["data.aug={scale: [1, 0.5]}"], "--set data.aug={scale: [1, 0.5]}: key 'data.aug.scale' must be [low, high] with low <= high"),
     (["lr"], "expected key=value"),
 ])
 def test_bad_overrides_are_one_line_errors_naming_the_key(overrides, message):

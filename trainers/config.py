@@ -275,7 +275,12 @@ def load_config(path: str | None = None, overrides: Sequence[str] = (), *, origi
         key = _apply_override(data, item)
         sources[key] = origin or f"--set {item}"
     cfg = from_dict(TrainConfig, data, source=source, sources=sources, error=ConfigError)
-    _check_consistency(cfg, lambda key: sources.get(key, source))
+
+    def where(key: str) -> str:  # the --set that set the key or a section above it, else the file
+        while key not in sources and "." in key:
+            key = key.rpartition(".")[0]
+        return sources.get(key, source)
+    _check_consistency(cfg, where)
     return cfg
 
 
