@@ -11,7 +11,7 @@
       se-r16: {policy: paper, r: 16}
       se-no-last-stage: {policy: paper-no-last-stage}
     ablation: {r: [4, 8, 16, 32]}    # adds se-r4 ... se-r32 (policy paper unless given)
-    launch: {nproc_per_node: 1, parallel: 2}
+    launch: {nproc_per_node: 1, parallel: 2}   # runs_per_gpu: N caps the runs sharing one GPU
 
 Every run of seed ``k`` trains with ``run.seed=k``: all variants see the same data order, the same
 augmentation draws and the same schedule; only the model differs. Everything is validated before
@@ -57,7 +57,11 @@ def _not_empty(values: tuple[Any, ...]) -> str | None:
 @dataclass(frozen=True)
 class Launch:
     nproc_per_node: int = field(default=1, metadata=_help("Processes (ranks) of each run's torchrun.", min=1))
-    parallel: int = field(default=1, metadata=_help("Runs at once: disjoint GPUs, or the CPU cores split.", min=1))
+    parallel: int = field(default=1, metadata=_help(
+        "Runs at once: on GPUs spread round-robin (several share a GPU once each has one), on the CPU the cores split.",
+        min=1))
+    runs_per_gpu: int | None = field(default=None, metadata=_help(
+        "GPU only: at most this many runs share a GPU (a group of nproc_per_node GPUs); null: as parallel asks.", min=1))
     threads: int | None = field(default=None, metadata=_help("Torch threads per process; null: the cores split.", min=1))
 
 
@@ -130,6 +134,8 @@ class CompareSpec:
     nproc_per_node: int = 1
     parallel: int = 1
     threads: int | None = None
+    runs_per_gpu: int | None = None
+    device: str = "auto"                 # the runs' run.device: cpu keeps them off the GPUs
     runs: tuple[Run, ...] = field(default=(), compare=False)
 
     @property
@@ -182,4 +188,5 @@ def load_spec(path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | No
     return CompareSpec(name=spec.name or Path(source).stem, source=source, out_dir=root, config=config,
                        overrides=overrides, backbones=tuple(backbones), seeds=tuple(seeds), variants=tuple(variants),
                        nproc_per_node=spec.launch.nproc_per_node, parallel=spec.launch.parallel,
-                       threads=spec.launch.threads, runs=runs)
+                       threads=spec.launch.threads, runs_per_gpu=spec.launch.runs_per_gpu, device=base.run.device,
+                       runs=runs)
