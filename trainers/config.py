@@ -75,6 +75,9 @@ class RunConfig:
         "Autocast precision; fp16 adds a GradScaler."))
     channels_last: bool = field(default=False, metadata=_help("Model and inputs in channels_last memory format."))
     compile: bool = field(default=False, metadata=_help("torch.compile the model."))
+    cuda_graphs: bool = field(default=False, metadata=_help(
+        "torch.compile the model with mode reduce-overhead: forward and backward replayed as CUDA graphs (GPU; "
+        "refused with run.device=cpu, ignored with a one-line note when auto finds no GPU)."))
     log_every: int = field(default=20, metadata=_help("Optimizer steps between progress-bar updates (each one syncs the device).", min=1))
     progress: bool = field(default=True, metadata=_help("tqdm progress bar on rank 0."))
     tensorboard: bool = field(default=False, metadata=_help("Also write TensorBoard scalars to <out_dir>/tensorboard."))
@@ -154,6 +157,9 @@ class DataConfig:
     batch_size: int = field(default=128, metadata=_help("Images per process and micro-batch.", min=1))
     eval_batch_size: int | None = field(default=None, metadata=_help("null: 2 x batch_size.", min=1))
     workers: int = field(default=2, metadata=_help("DataLoader worker processes per rank.", min=0))
+    on_device: bool = field(default=False, metadata=_help(
+        "Keep the whole data set on the run's device and batch, crop and flip it there (no DataLoader, workers "
+        "unused): fashion-mnist and synthetic, crop pad or none."))
     sampler: Literal["random", "class-balanced"] = field(default="random", metadata=_help(
         "random: a fresh permutation each epoch; class-balanced: class-aware sampling (paper §5, Shen et al. 2016)."))
     limit_train_batches: int | None = field(default=None, metadata=_help("Stop each epoch after N batches (smoke tests).", min=1))
@@ -299,6 +305,19 @@ def _check_consistency(cfg: TrainConfig, where: Callable[[str], str]) -> None:
     if cfg.data.dataset == "imagefolder" and cfg.data.aug.crop == "pad":
         raise ConfigError(f"{where('data.aug.crop')}: data.aug.crop = 'pad' is not valid for imagefolder "
                           "(images differ in size): use rrc or none")
+    if cfg.data.on_device and cfg.data.dataset == "imagefolder":
+        raise ConfigError(f"{where('data.on_device')}: data.on_device needs a data set held in memory at one size "
+                          "(fashion-mnist, synthetic), not imagefolder: set data.on_device=false")
+    if cfg.data.on_device and cfg.data.aug.crop == "rrc":
+        raise ConfigError(f"{where('data.aug.crop')}: data.aug.crop = 'rrc' has no on-device version: use pad or none, "
+                          "or data.on_device=false")
+    if cfg.run.cuda_graphs and cfg.run.device == "cpu":
+        raise ConfigError(f"{where('run.cuda_graphs')}: run.cuda_graphs needs a GPU but run.device = 'cpu': "
+                          "set run.cuda_graphs=false or run.device=auto")
+    if cfg.run.cuda_graphs and cfg.optim.accum_steps > 1:
+        raise ConfigError(f"{where('run.cuda_graphs')}: run.cuda_graphs with optim.accum_steps = {cfg.optim.accum_steps}: "
+                          "a graph replay overwrites the gradients being accumulated (torch's cudagraph trees); set "
+                          "optim.accum_steps=1 or run.cuda_graphs=false")
     if cfg.checkpoint.resume is not None and not cfg.checkpoint.resume.strip():
         raise ConfigError(f"{where('checkpoint.resume')}: checkpoint.resume is empty: use auto, a checkpoint directory, or null")
 
