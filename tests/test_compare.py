@@ -100,3 +100,21 @@ def test_examples_validate():
     for name in ("fashion_mnist_compare", "fashion_mnist_r_ablation", "fashion_mnist_compare_demo", "imagenet_senet_paper"):
         spec = load_spec(f"examples/{name}.yaml")
         assert spec.baseline is not None and spec.runs
+
+
+def test_gpu_study_validates_and_lists_its_runs(tmp_path, capsys):
+    """examples/fashion_mnist_gpu.yaml: 4 backbones x 3 variants x 5 seeds on the GPU path, checked whole by --dry-run."""
+    out = tmp_path / "study"
+    assert main(["compare", "--config", "examples/fashion_mnist_gpu.yaml", "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 61 and all(" new " in line for line in lines[:60])
+    assert lines[-1].startswith("60 runs; launch here: ")  # 12 at a time here: on the CPU, or on this machine's GPUs
+    assert not out.exists()                                  # a dry run writes nothing
+    spec = load_spec("examples/fashion_mnist_gpu.yaml")
+    assert spec.backbones == ("cifar_resnet20", "cifar_resnet56", "cifar_resnet110", "cifar_resnext29_4x16d")
+    assert [v.name for v in spec.variants] == ["baseline", "se-r16", "se-no-last-stage"] and spec.seeds == (0, 1, 2, 3, 4)
+    from trainers.config import load_config
+    cfg = load_config(spec.config, [*spec.overrides, *spec.runs[-1].overrides()])
+    assert (cfg.data.on_device, cfg.run.cuda_graphs, cfg.run.amp) == (True, True, "bf16")
+    assert (cfg.run.epochs, cfg.sched.name, cfg.data.batch_size, cfg.optim.lr, cfg.data.aug.pad) == (60, "cosine", 128, 0.1, 4)
+    assert cfg.model.se.policy == "paper-no-last-stage" and spec.parallel == 12
