@@ -118,3 +118,27 @@ def test_gpu_study_validates_and_lists_its_runs(tmp_path, capsys):
     assert (cfg.data.on_device, cfg.run.cuda_graphs, cfg.run.amp) == (True, True, "bf16")
     assert (cfg.run.epochs, cfg.sched.name, cfg.data.batch_size, cfg.optim.lr, cfg.data.aug.pad) == (60, "cosine", 128, 0.1, 4)
     assert cfg.model.se.policy == "paper-no-last-stage" and spec.parallel == 12
+
+
+def test_report_says_per_backbone_whether_se_is_outside_seed_noise(tmp_path):
+    """The verdict section, from run folders alone: one SE variant better beyond noise, one worse, one within it."""
+    import json
+    from trainers.compare.report import write_report
+    errors = {("b1", "baseline"): [5.0, 5.1, 4.9], ("b1", "se-r16"): [4.5, 4.6, 4.4], ("b1", "se-no-last-stage"): [5.05, 4.95, 5.1],
+              ("b2", "baseline"): [7.0, 7.2, 7.1], ("b2", "se-r16"): [7.8, 7.9, 7.7]}
+    for (backbone, variant), errs in errors.items():
+        for seed, err in enumerate(errs):
+            d = tmp_path / backbone / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            se = None if variant == "baseline" else {"policy": "paper", "r": 16}
+            order = ["baseline", "se-r16", "se-no-last-stage"].index(variant)
+            (d / "compare.json").write_text(json.dumps({"backbone": backbone, "variant": variant, "se": se, "seed": seed,
+                                                        "order": order}))
+            (d / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "top1_err": err, "top5_err": 0.1, "img_per_s": 1.0,
+                                                         "train_loss": 0.3}) + "\n")
+            (d / "result.json").write_text("{}")
+    text = write_report(tmp_path, latency=False).read_text()
+    assert "## SE vs the baseline, per backbone (top-1 error, last epoch)" in text
+    assert ("- **b1** (vs baseline): se-r16: **SE helps** lower error by 0.50 points: outside seed noise "
+            "(2 SE = 0.16, 3 vs 3 seeds); se-no-last-stage: higher error by 0.03 points: within seed noise") in text
+    assert "- **b2** (vs baseline): se-r16: **SE hurts** higher error by 0.70 points: outside seed noise" in text
