@@ -137,16 +137,20 @@ class DeviceTrainLoader:
         s = self.sampler
         epoch, batch = s.epoch, s.batch_size
         order = s.shard(epoch)[s.start_batch * batch:].to(self.device)
+        targets = self.targets.index_select(0, order)  # the epoch's targets, draws in batch order: each batch slices
         draws = None
         if self.pad or self.hflip:
-            draws = draw_pad_crop_flip(len(self.targets), self.pad, self.hflip, self.seed, epoch).to(self.device)
+            d = draw_pad_crop_flip(len(self.targets), self.pad, self.hflip, self.seed, epoch).to(self.device)
+            draws = AugmentDraws(d.top.index_select(0, order), d.left.index_select(0, order), d.flip.index_select(0, order))
         for start in range(0, len(order) - batch + 1, batch):
-            index = order[start:start + batch]
+            end = start + batch
+            index = order[start:end]
             if draws is None:
                 x = self.padded.index_select(0, index)
             else:
-                x = pad_crop_flip(self.padded, index, draws.top[index], draws.left[index], draws.flip[index], self.size)
-            yield normalise(x, self.mean, self.std), self.targets.index_select(0, index)
+                x = pad_crop_flip(self.padded, index, draws.top[start:end], draws.left[start:end], draws.flip[start:end],
+                                  self.size)
+            yield normalise(x, self.mean, self.std), targets[start:end]
 
 
 class DeviceEvalLoader:
