@@ -45,6 +45,7 @@ import se_inject  # noqa: E402
 from se_inject import ops  # noqa: E402
 
 GPU_COMMAND = "PYTHONPATH=. python benchmarks/gpu_overhead.py --out benchmarks/results/gpu_overhead.md"
+MODEL_KEYS = ("resnet50", "fused", "torch", "seresnet50")  # --models: which of the four run
 MODES = ("train-eager", "train-compiled", "infer-eager", "infer-compiled")
 MICRO = ("add+relu (no SE)", "SE, PyTorch eager", "SE, PyTorch compiled", "SE, fused (se_inject.ops)")
 
@@ -65,8 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("bf16", "none"), default=None, help="default: bf16 on CUDA, none on CPU")
     p.add_argument("--smoke", action="store_true",
                    help="the smallest CPU run: batch 2, 32x32, one untimed-warm-up round (CI: it runs, no figures)")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated, of {','.join(MODEL_KEYS)} (default: all; resnet50 always runs: the ratios' base)")
     p.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
     args = p.parse_args(argv)
+    args.models = (set(MODEL_KEYS) if args.models is None
+                   else {"resnet50", *(k.strip() for k in args.models.split(",") if k.strip())})
+    if not args.models <= set(MODEL_KEYS):
+        p.error(f"--models: {', '.join(sorted(args.models - set(MODEL_KEYS)))} not among {', '.join(MODEL_KEYS)}")
     cuda = args.device.startswith("cuda")
     if args.smoke:
         defaults = dict(batch=2, image=32, rounds=1, steps=1, modes="train-eager,infer-eager",
@@ -146,7 +153,7 @@ def ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
 
 # --- models -----------------------------------------------------------------------------------
 
-def build_models(device: torch.device) -> tuple[dict[str, torch.nn.Module], str]:
+def build_models(device: torch.device, keys: set[str] | None = None) -> tuple[dict[str, torch.nn.Module], str]:
     import timm
     torch.manual_seed(0)
     plain = timm.create_model("resnet50")
@@ -157,6 +164,8 @@ def build_models(device: torch.device) -> tuple[dict[str, torch.nn.Module], str]
               f"apply(resnet50, kernels={fused_key})": se_inject.apply(plain, r=16, kernels=fused_key),
               "apply(resnet50, kernels=torch)": se_inject.apply(plain, r=16, kernels="torch"),
               "timm seresnet50": hand}
+    if keys is not None:  # all four are built (the weights come from seresnet50); the unwanted dropped
+        models = {name: m for name, m, key in zip(list(models), models.values(), MODEL_KEYS) if key in keys}
     for name, model in models.items():
         if name.startswith("apply"):
             model.load_state_dict(hand.state_dict())  # the same weights: outputs comparable
@@ -196,6 +205,8 @@ def output_diffs(models: dict[str, torch.nn.Module], x: torch.Tensor, amp: torch
     with torch.inference_mode(), autocast:
         for m in models.values():
             m.eval()
+        if "timm seresnet50" not in models:
+            return {}
         ref = models["timm seresnet50"](x).float()
         return {n: (m(x).float() - ref).abs().max().item() for n, m in models.items() if n.startswith("apply")}
 
@@ -307,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
              "ratio: median over rounds of time / resnet50's time in the same round",
              "- peak: the most a step allocated above what was allocated before it"]
 
-    models, fused_key = build_models(device)
+    models, fused_key = build_models(device, args.models)
     if fused_key != "triton":
         lines.append("- on the CPU the fused kernels do not run (they need CUDA): the kernels row runs "
                      "`kernels=auto`, i.e. the PyTorch formulation, the same code as the `kernels=torch` row; "
