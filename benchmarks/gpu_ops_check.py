@@ -14,7 +14,6 @@ backward, fp32 and bf16 autocast. Needs CUDA:
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime
 import sys
@@ -93,8 +92,39 @@ def arrange(t: torch.Tensor, case: Case) -> torch.Tensor:
     return t.contiguous()
 
 
-def run_case(case: Case, seed: int) -> dict[str, float]:
-    """Relative errors (output and each gradient) of the fused op against float64; asserts the kernels ran."""
+def away_from_kinks(case: Case, channel_dim: int, x: torch.Tensor, res: torch.Tensor | None,
+                    weights: list[torch.Tensor]) -> torch.Tensor | None | bool:
+    """The residual moved off the output ReLU's kink, or ``False`` to ask for a new draw.
+
+    A gradient through a kink (the ReLU after the add, the MLP's ReLU, hard-sigmoid's corners) is
+    discontinuous: where float32 rounding puts a value on the other side than float64 does, the
+    gradient differs by a whole term, in any implementation (on a 7x7 map one flipped element moves
+    its channel's gate gradient by ~1/49). So the inputs keep every such value clear of its kink:
+    the MLP's by redrawing (few values), the output's (millions) by moving the residual 1e-3 away."""
+    xd = x.to(case.dtype).double()
+    spatial = [d for d in range(xd.dim()) if d not in (0, channel_dim % xd.dim())]
+    avg, mx = xd.mean(spatial), xd.amax(spatial)
+    s = {"avg": avg, "max": mx, "avgmax": 0.5 * (avg + mx)}[case.squeeze]
+    w1, b1, w2, b2 = (w.to(case.dtype).double() for w in weights)
+    a1 = s @ w1.reshape(w1.shape[0], -1).t() + b1
+    z = torch.relu(a1) @ w2.reshape(w2.shape[0], -1).t() + b2
+    near = [a1.abs().min()]
+    if case.gate == "hard_sigmoid":
+        near += [(z - 3).abs().min(), (z + 3).abs().min()]
+    if min(near).item() < 1e-6:
+        return False
+    if res is None or case.post_act is None:
+        return res
+    g = torch.sigmoid(z) if case.gate == "sigmoid" else torch.clamp(z / 6 + 0.5, 0, 1)
+    shape = [xd.shape[0]] + [1] * (xd.dim() - 1)
+    shape[channel_dim % xd.dim()] = xd.shape[channel_dim]
+    pre = res.to(case.dtype).double() + xd * g.reshape(shape)
+    return (res + 2e-3 * torch.sign(pre) * (pre.abs() < 1e-3)).float()
+
+
+def run_case(case: Case, seed: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Relative errors (output and each gradient) against float64 of the fused op and of PyTorch's own
+    formulation in the case's dtype (what the fused op replaces); asserts the kernels ran."""
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     channel_dim = -1 if case.layout == "nhwc" else 1
     c = case.shape[channel_dim]
@@ -103,9 +133,16 @@ def run_case(case: Case, seed: int) -> dict[str, float]:
     def rand(*shape, scale=1.0):
         return torch.randn(shape, generator=g, device=DEVICE) * scale
 
-    x = rand(*case.shape)
-    res = rand(*case.shape) if case.residual else None
-    weights = [rand(r, c, 1, 1, scale=c ** -0.5), rand(r, scale=0.1), rand(c, r, 1, 1, scale=r ** -0.5), rand(c, scale=0.1)]
+    for _ in range(20):  # inputs with no value within rounding of a kink of the MLP (see away_from_kinks)
+        x = rand(*case.shape)
+        res = rand(*case.shape) if case.residual else None
+        weights = [rand(r, c, 1, 1, scale=c ** -0.5), rand(r, scale=0.1), rand(c, r, 1, 1, scale=r ** -0.5),
+                   rand(c, scale=0.1)]
+        res = away_from_kinks(case, channel_dim, x, res, weights)
+        if res is not False:
+            break
+    else:
+        raise RuntimeError("20 draws all put an MLP value within 1e-6 of a kink")
     grad_out = rand(*case.shape)
     kw = dict(channel_dim=channel_dim, squeeze=case.squeeze, gate=case.gate, post_act=case.post_act)
 
@@ -135,21 +172,25 @@ def run_case(case: Case, seed: int) -> dict[str, float]:
     weights = [w.to(case.dtype).double() for w in weights]
     grad_out = grad_out.to(case.dtype).double()
     ref_out, ref_grads = evaluate(reference_squeeze_excite, torch.float64, torch.float64)
+    torch_out, torch_grads = evaluate(reference_squeeze_excite, case.dtype, case.dtype)
     assert out.stride() == arrange(out.detach(), case).stride(), f"output strides {out.stride()}"
 
     def rel(a, b):
         return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
 
-    errors = {"out": rel(out, ref_out)}
-    errors.update({f"grad {n}": rel(grads[n], ref_grads[n]) for n in ref_grads})
-    return errors
+    errors = {"out": rel(out, ref_out), **{f"grad {n}": rel(grads[n], ref_grads[n]) for n in ref_grads}}
+    torch_errors = {"out": rel(torch_out, ref_out),
+                    **{f"grad {n}": rel(torch_grads[n], ref_grads[n]) for n in ref_grads}}
+    return errors, torch_errors
 
 
 def apply_resnet50(batch: int = 16, image: int = 224) -> dict[str, dict[str, float]]:
     """``apply(resnet50)`` forward + backward with ``kernels='triton'`` and ``'torch'`` (same weights), in fp32
     and under bf16 autocast, each against the fp32 ``'torch'`` run: relative error of the logits, of all
-    parameter gradients together, and the worst single parameter's. Under bf16 both paths round
-    differently, so the check is that the fused one is no further from fp32 than PyTorch's own."""
+    parameter gradients together, and the worst single parameter's. A ReLU network's gradients move by
+    far more than one rounding when any activation crosses a kink, so the fp32 floor is PyTorch itself
+    with the input moved by about one ulp; under bf16, the fused path must be no further from fp32 than
+    PyTorch's own bf16."""
     import timm
 
     import se_inject
@@ -175,8 +216,11 @@ def apply_resnet50(batch: int = 16, image: int = 224) -> dict[str, dict[str, flo
     ref, ref_grads = run("torch", None)
     ref_all = torch.cat([g.flatten() for g in ref_grads.values()])
     errors = {}
-    for name, key, dtype in (("fused fp32", "triton", None), ("fused bf16", "triton", torch.bfloat16),
-                             ("PyTorch bf16", "torch", torch.bfloat16)):
+    x_exact = x
+    for name, key, dtype in (("fused fp32", "triton", None),
+                             ("PyTorch fp32, input moved by ~1 ulp", "torch", None),
+                             ("fused bf16", "triton", torch.bfloat16), ("PyTorch bf16", "torch", torch.bfloat16)):
+        x = x_exact * (1 + 1e-7 * torch.randn_like(x_exact)) if "ulp" in name else x_exact
         out, grads = run(key, dtype)
         every = torch.cat([grads[k].flatten() for k in ref_grads])
         errors[name] = {"logits": ((out - ref).norm() / ref.norm()).item(),
@@ -213,24 +257,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import timm
     import triton
+    torch.backends.cuda.matmul.allow_tf32 = False  # cuBLAS/cuDNN default to TF32 for some fp32 work:
+    torch.backends.cudnn.allow_tf32 = False        # a 1e-3-level error that would hide the kernels' own
     t0 = time.perf_counter()
     lines = ["# The fused SE op on the GPU against float64 (issue 11)", "",
              f"- date: {datetime.date.today()}; device: {_device_name()}; torch {torch.__version__}; "
              f"triton {triton.__version__}; timm {timm.__version__}",
              "- command: `PYTHONPATH=. python benchmarks/gpu_ops_check.py`",
-             "- error: ||fused - reference|| / ||reference||, the reference in float64 on the same rounded inputs; "
-             "limit 1e-5 for float32, 1e-2 for bf16/fp16; every case launched the four kernels", "",
-             "| case | out | worst gradient (which) | verdict |", "|---|---|---|---|"]
+             "- inputs kept clear of the kinks (see `away_from_kinks`: the MLP's values by redrawing, the output "
+             "ReLU's by moving the residual 1e-3 away)",
+             "- error: ||got - reference|| / ||reference||, the reference in float64 on the same rounded inputs; "
+             "every case launched the four kernels; TF32 off (fp32 means fp32)",
+             "- a case passes when each error is within 1e-5 (float32) or 1e-2 (bf16/fp16), or within twice "
+             "the error of PyTorch's own formulation in the same dtype (the gradient through a ReLU or "
+             "hard-sigmoid kink flips where rounding moves a value across it: on a 7x7 map one flip moves a "
+             "channel's gate gradient by ~1/49, in any implementation)", "",
+             "| case | fused: out | fused: worst gradient (which) | PyTorch same dtype: out / that gradient | verdict |",
+             "|---|---|---|---|---|"]
     failures = 0
     for i, case in enumerate(map(tiny, cases()) if args.tiny else cases()):
         try:
-            errors = run_case(case, seed=1000 + i)
+            errors, torch_errors = run_case(case, seed=1000 + i)
             worst = max((k for k in errors if k != "out"), key=errors.get)
-            ok = max(errors.values()) <= TOLERANCE[case.dtype]
-            lines.append(f"| {case.name} | {errors['out']:.1e} | {errors[worst]:.1e} ({worst}) | {'ok' if ok else 'FAIL'} |")
+            ok = all(e <= max(TOLERANCE[case.dtype], 2 * torch_errors[k]) for k, e in errors.items())
+            lines.append(f"| {case.name} | {errors['out']:.1e} | {errors[worst]:.1e} ({worst}) "
+                         f"| {torch_errors['out']:.1e} / {torch_errors[worst]:.1e} | {'ok' if ok else 'FAIL'} |")
         except Exception as e:  # noqa: BLE001 (reported in the table)
             ok = False
-            lines.append(f"| {case.name} | error: {type(e).__name__}: {str(e).splitlines()[0][:120]} | | FAIL |")
+            lines.append(f"| {case.name} | error: {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | FAIL |")
         failures += not ok
         print(lines[-1], flush=True)
     batch, image = (1, 32) if args.tiny else (16, 224)
@@ -242,11 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, err in e.items():
             lines.append(f"| {name} | {err['logits']:.1e} | {err['gradients']:.1e} | {err['worst parameter']:.1e} |")
         fused, torch_bf16 = e["fused bf16"], e["PyTorch bf16"]
-        ok = (max(e["fused fp32"]["logits"], e["fused fp32"]["gradients"]) <= 1e-4
+        floor = e["PyTorch fp32, input moved by ~1 ulp"]
+        ok = (e["fused fp32"]["logits"] <= 1e-5
+              and e["fused fp32"]["gradients"] <= 2 * floor["gradients"] + 1e-6
               and fused["logits"] <= 1.5 * torch_bf16["logits"] + 1e-3
               and fused["gradients"] <= 1.5 * torch_bf16["gradients"] + 1e-3)
-        lines += ["", f"{'ok' if ok else 'FAIL'}: fp32 within 1e-4; bf16 no further from fp32 than PyTorch's bf16 "
-                  "(within 1.5x + 1e-3)"]
+        lines += ["", f"{'ok' if ok else 'FAIL'}: fp32 logits within 1e-5 and gradients within twice the 1-ulp floor; "
+                  "bf16 no further from fp32 than PyTorch's bf16 (within 1.5x + 1e-3)"]
     except Exception as e:  # noqa: BLE001
         ok = False
         lines.append(f"| error: {type(e).__name__}: {str(e).splitlines()[0][:160]} | | | |")

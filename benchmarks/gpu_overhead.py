@@ -326,8 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.batch, 3, args.image, args.image, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (args.batch,), device=device)
     diffs = output_diffs(models, x[:4], amp)
-    lines += ["- max |logits - seresnet50's| (same weights, eval): "
-              + ", ".join(f"{n}: {d:.1e}" for n, d in diffs.items()), ""]
+    if diffs:
+        lines.append("- max |logits - seresnet50's| (same weights, eval): "
+                     + ", ".join(f"{n}: {d:.1e}" for n, d in diffs.items()))
+    lines.append("")
 
     for mode in args.modes:
         variants = model_variants(models, mode, x, y, amp)
