@@ -25,6 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._report import emit  # noqa: E402
+
 from se_inject.ops import kernels, reference_squeeze_excite, squeeze_excite  # noqa: E402
 
 #: CUDA; the CPU only under TRITON_INTERPRET=1 with --tiny (how this script is tried before a GPU session)
@@ -309,11 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     failures += not ok
     print("\n".join(lines[-6:]), flush=True)
     lines += ["", f"{failures} failure(s); {time.perf_counter() - t0:.0f} s."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(lines, args.out)
     return 1 if failures else 0
 
 

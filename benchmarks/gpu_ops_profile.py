@@ -28,6 +28,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._report import emit  # noqa: E402
+
 from se_inject import ops  # noqa: E402
 from se_inject.ops import kernels  # noqa: E402
 
@@ -161,11 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["", f"best: max_block={best[1]}, max_tile={best[2]}, programs_per_sm={best[3]}: {best[0]:.3f} ms", ""]
         print("\n".join(lines[-8:]), flush=True)
         del variants
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(lines, args.out)
     return 0
 
 

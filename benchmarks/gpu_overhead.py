@@ -41,6 +41,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._report import emit  # noqa: E402
+
 import se_inject  # noqa: E402
 from se_inject import ops  # noqa: E402
 
@@ -372,11 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                   "(about 5-10 minutes, most of it torch.compile; `--modes train-eager,infer-eager,train-compiled` "
                   "covers the issue's targets in less.)", ""]
     lines.append(f"Total wall time: {time.perf_counter() - t_start:.0f} s.{_load(load_start)}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(lines, args.out)
     return 0
 
 

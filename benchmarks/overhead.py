@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import se_inject  # noqa: E402
+from benchmarks._report import emit  # noqa: E402
 
 
 def build_models() -> dict[str, torch.nn.Module]:
@@ -100,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {n} | {1000 * med:.1f} | {med / base:.3f}x |")
         lines.append("")
     lines += [f"`se_inject.apply(resnet50)` itself: {1000 * apply_seconds():.0f} ms (median of 7, model copy included)", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(lines, args.out)
     return 0
 
 
