@@ -37,11 +37,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# the se_inject tree the sweep runs (``--engine``): this checkout unless told, so that one harness can
+# plan the zoo with two engines and ``zoo_diff.py`` can compare them; workers inherit it
+ENGINE = Path(os.environ.get("ZOO_ENGINE") or ROOT).resolve()
+sys.path.insert(0, str(ENGINE))
 RESULTS = ROOT / "benchmarks" / "results"
 SMALL_SIDE = 96          # forward/export input side when the model accepts it
 MAX_EXPORT_PARAMS = 400e6  # bigger models are not exported in the sweep (time and memory on 2 cores)
 STRUCTURE = {"residual", "multibranch", "inception"}  # site kinds that make a net "residual or Inception"
+#: one list per SE placement in a plan record (``placements``), and per skipped site (``skipped_sites``)
+PLACEMENT_FIELDS = ("module", "kind", "label", "channels", "reduced", "params", "fused", "layout", "map", "node")
+SKIP_FIELDS = ("where", "kind", "label", "channels", "reason")
 
 
 class Timeout(Exception):
@@ -103,6 +109,12 @@ def plan_one(name: str) -> dict[str, Any]:
     out["map_structure"] = any(s.kind in STRUCTURE and s.layout in ("nchw", "nhwc") for s in sites)
     out["gated_structure"] = any(s.reason == "already gated" for s in plan.skipped)
     out["untraced"] = sum(1 for g in plan.traced.graphs.values() if not g.ok)
+    out["root"] = getattr(plan.traced, "root", "")
+    out["placements"] = [[p.module_path, p.site.kind, p.label, p.site.channels, p.reduced, p.params, p.fused,
+                          p.site.layout, "x".join(map(str, p.site.spatial)), p.site.node] for p in plan.placements]
+    out["skipped_sites"] = [[s.site.where, s.site.kind, s.label, s.site.channels, s.reason] for s in plan.skipped]
+    if ENGINE != ROOT:
+        out["engine"] = str(Path(se_inject.__file__).resolve().parents[1])
     out["create_plan_s"] = round(time.perf_counter() - t0, 3)
     return out
 
@@ -259,8 +271,9 @@ def _worker(args: tuple[str, bool, bool, int]) -> dict[str, Any]:
 
 
 def _commit() -> str:
+    """The engine's commit (the results describe its se_inject)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ENGINE, capture_output=True, text=True).stdout.strip()
     except OSError:
         return "unknown"
 
@@ -542,9 +555,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
     ap.add_argument("--results", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--engine", type=Path, default=None,
+                    help="run the se_inject of another checkout (e.g. an older commit) under this harness")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one model, JSON on stdout
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # names on stdin, JSON on stdout
     args = ap.parse_args(argv)
+    if args.engine and args.engine.resolve() != ENGINE:  # start again with the other engine first on sys.path
+        os.environ["ZOO_ENGINE"] = str(args.engine.resolve())
+        os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv])
     if args.serve:
         return serve(not args.no_export, args.timeout)
     if args.worker:
