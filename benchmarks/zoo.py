@@ -94,6 +94,18 @@ def _plan(model, out: dict[str, Any]):
     raise first
 
 
+def _create_meta(src, name: str, out: dict[str, Any]):
+    """The model on the meta device (no weights, no time); where its builder cannot run there
+    (torchvision's RegNets call ``.item()`` on a tensor they build), on the CPU (``create_note``)."""
+    import torch
+    try:
+        with torch.device("meta"):
+            return src.create(name)
+    except Exception as e:
+        out["create_note"] = f"built on the CPU: on meta, {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    return src.create(name)
+
+
 def plan_one(name: str, source: str = "timm") -> dict[str, Any]:
     import torch
 
@@ -101,8 +113,7 @@ def plan_one(name: str, source: str = "timm") -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "family": src.family(name), "category": src.category(name)}
     t0 = time.perf_counter()
     try:
-        with torch.device("meta"):
-            model = src.create(name)
+        model = _create_meta(src, name, out)
     except Exception as e:
         out.update(_err("create", e))
         return out
@@ -164,8 +175,7 @@ def full_one(name: str, export: bool, source: str = "timm") -> dict[str, Any]:
     src, task = SOURCES[source], TASKS[out["category"]]
     given = {"input_size": tuple(out["plan_input_size"])} if "plan_input_size" in out else {}
     if not out["se"]:  # no site: apply must still not raise; the meta model shows it without weights
-        with torch.device("meta"):
-            model = src.create(name)
+        model = _create_meta(src, name, out)
         try:
             t0 = time.perf_counter()
             applied = se_inject.apply(model, **given)

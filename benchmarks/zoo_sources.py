@@ -152,7 +152,9 @@ def _batch(size: tuple[int, ...]):
 
 
 def _detector_sizes(model) -> list[tuple[int, ...]]:
-    return [(3, 128, 160)]
+    """Images of 128x160 (each detector's transform resizes them: to 128-160 px as built, to 300 px in
+    SSD300); 300x300 too, for planning an SSD300's VGG backbone, which does not run on less."""
+    return [(3, 128, 160), (3, 300, 300)]
 
 
 def _detector_images(size: tuple[int, ...]):
