@@ -20,6 +20,7 @@ import argparse
 import collections
 import fnmatch
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,11 @@ def _blocks(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _skips(row: dict[str, Any]) -> dict[tuple[str, str], str]:
     return {(s[0], s[1]): s[4] for s in row.get("skipped_sites") or []}
+
+
+def _reason(why: str) -> str:
+    """A skip reason without the shapes in it, so that one cause makes one signature token."""
+    return re.sub(r"\s*\((?:[\d, ]+|B, N, C)\)", "", why)
 
 
 @dataclass
@@ -98,11 +104,11 @@ def diff_model(old: dict[str, Any], new: dict[str, Any]) -> ModelDiff | None:
     new_skips, old_skips = _skips(new), _skips(old)
     for x in rest:
         why = new_skips.get((x["where"], x["kind"]))
-        d.tokens.add(f"-{x['kind']}" + (f"({why})" if why else ""))
+        d.tokens.add(f"-{x['kind']}" + (f"({_reason(why)})" if why else ""))
         d.changes.append(f"- {x['label']} {x['kind']} {x['module']} ({x['channels']} ch)" + (f": now skipped, {why}" if why else ""))
     for y in by_where.values():
         why = old_skips.get((y["where"], y["kind"]))
-        d.tokens.add(f"+{y['kind']}" + (f"(was {why})" if why else ""))
+        d.tokens.add(f"+{y['kind']}" + (f"(was {_reason(why)})" if why else ""))
         d.changes.append(f"+ {y['label']} {y['kind']} {y['module']} ({y['channels']} ch, reduced {y['reduced']})"
                          + (f": was skipped, {why}" if why else ""))
     for x, y in matched:
