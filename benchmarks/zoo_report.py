@@ -160,7 +160,9 @@ def report(results: Path, out: Path, argv: list[str], source: Source | str = "ti
             f"- ONNX: original exports + ORT parity {_pct(len(orig_ok), len(orig_attempted))} of rewritten models' originals "
             f"tried ({len(forward_only)} run without export (`--no-export`), "
             f"{not_tried} not tried: over {MAX_EXPORT_PARAMS / 1e6:.0f} M params or failed earlier); "
-            f"of those, rewritten exports + parity {_pct(len(se_ok), len(orig_ok))}")
+            f"of those, rewritten exports + parity {_pct(len(se_ok), len(orig_ok))}"
+            + ("; no sampling: every rewritten model of a category that exports was tried"
+               if orig_attempted and not forward_only and not not_tried else ""))
         secs = sorted(r["apply_s"] for r in rows if "apply_s" in r)
         if secs:
             lines.append(f"- apply time: median {secs[len(secs) // 2]:.2f} s, max {secs[-1]:.1f} s")
