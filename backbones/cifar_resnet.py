@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import ClassifierNet, check_args
+from ._common import StagedNet, check_args, projection
 from .registry import register_backbone
 
 __all__ = ["BasicBlock", "CifarResNet"]
@@ -34,9 +34,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_chs, out_chs, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs)
         self.act2 = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_chs != out_chs:
-            self.downsample = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
+        self.downsample = projection(in_chs, out_chs, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -46,7 +44,7 @@ class BasicBlock(nn.Module):
         return self.act2(out)
 
 
-class CifarResNet(ClassifierNet):
+class CifarResNet(StagedNet):
     """Stem 3x3 conv, three stages of ``n`` blocks (strides 1, 2, 2), global average pool, linear."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (16, 32, 64),
@@ -56,25 +54,9 @@ class CifarResNet(ClassifierNet):
             raise ValueError(f"CifarResNet depth must be 6n+2 with n >= 1 (got {depth})")
         n = (depth - 2) // 6
         self.num_classes, self.num_features = num_classes, widths[-1]
-        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.act1 = nn.ReLU(inplace=True)
-        in_chs = widths[0]
-        self.stage_names: list[str] = []
-        for i, width in enumerate(widths):
-            blocks = []
-            for j in range(n):
-                blocks.append(BasicBlock(in_chs, width, stride=2 if (i > 0 and j == 0) else 1))
-                in_chs = width
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            self.stage_names.append(f"layer{i + 1}")
+        in_chs = self._add_stem(in_chans, widths[0])
+        in_chs = self._add_stages(in_chs, widths, n, lambda i, cin, cout, stride: BasicBlock(cin, cout, stride=stride))
         self._add_head(in_chs, num_classes, drop_rate)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-        return x
 
 
 def _make(depth: int, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> CifarResNet:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import ClassifierNet, check_args
+from ._common import StagedNet, check_args, projection
 from .registry import register_backbone
 
 __all__ = ["Bottleneck", "CifarResNeXt"]
@@ -36,9 +36,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(group_width, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.act3 = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_chs != out_chs:
-            self.downsample = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
+        self.downsample = projection(in_chs, out_chs, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -49,7 +47,7 @@ class Bottleneck(nn.Module):
         return self.act3(out)
 
 
-class CifarResNeXt(ClassifierNet):
+class CifarResNeXt(StagedNet):
     """Stem 3x3 conv, three stages of ``(depth - 2) / 9`` bottlenecks (strides 1, 2, 2), pool, linear."""
 
     def __init__(self, depth: int = 29, cardinality: int = 4, base_width: int = 16, num_classes: int = 10,
@@ -60,26 +58,11 @@ class CifarResNeXt(ClassifierNet):
             raise ValueError(f"CifarResNeXt depth must be 9n+2 with n >= 1 (got {depth})")
         n = (depth - 2) // 9
         self.num_classes, self.num_features = num_classes, widths[-1]
-        self.conv1 = nn.Conv2d(in_chans, stem_chs, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem_chs)
-        self.act1 = nn.ReLU(inplace=True)
-        in_chs = stem_chs
-        self.stage_names: list[str] = []
-        for i, width in enumerate(widths):
-            group_width = cardinality * base_width * 2 ** i
-            blocks = []
-            for j in range(n):
-                blocks.append(Bottleneck(in_chs, width, group_width, cardinality, stride=2 if (i > 0 and j == 0) else 1))
-                in_chs = width
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            self.stage_names.append(f"layer{i + 1}")
+        in_chs = self._add_stem(in_chans, stem_chs)
+        in_chs = self._add_stages(in_chs, widths, n, lambda i, cin, cout, stride: Bottleneck(
+            cin, cout, cardinality * base_width * 2 ** i, cardinality, stride=stride))
         self._add_head(in_chs, num_classes, drop_rate)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-        return x
 
 
 @register_backbone

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .modes import eval_mode
 from .shapes import BACKENDS, model_device
 
 __all__ = ["count_params", "count_macs", "se_params", "se_macs"]
@@ -61,9 +62,7 @@ _EXTRA = {  # keyed by overload packet, as FlopCounterMode looks them up
 def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int | None:
     """Multiply-adds of one forward pass at batch 1 (model left untouched): on meta tensors, or
     under fake tensors where the forward mixes in a tensor of its own; ``None`` if neither runs."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         for name in ("meta", "fake"):  # the shape pass's stand-in backends, in its order
             backend = BACKENDS[name](model)
             counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
@@ -75,7 +74,4 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int | None:
                 continue
         else:
             return None
-    finally:
-        for m, was in modes:
-            m.training = was
     return counter.get_total_flops() // 2

@@ -25,6 +25,7 @@ from torch import nn
 
 from .block import SqueezeExcite
 from .errors import SEInjectError
+from .modes import eval_mode
 
 __all__ = ["Excitations", "record_excitations", "plot_excitations", "se_blocks"]
 
@@ -94,13 +95,15 @@ def record_excitations(model: nn.Module, data: Iterable, *, blocks: Sequence[str
     current: dict[str, torch.Tensor] = {}
     handles = []
     for b in names:
-        def hook(module, inputs, output, b=b):
-            current[b] = output.detach().float().reshape(output.shape[0], -1)
-        handles.append(found[b].gate.register_forward_hook(hook))
-    was = model.training
-    model.eval()
+        def hook(module, inputs, b=b):
+            # computed from the block's input (pooling and two FCs: cheap) before it runs, not read
+            # off its gate module: on CUDA the fused kernels run the block without calling that
+            # module, and in inference the fused add may write its output into that input
+            g = module.excitation(inputs[0]) / module.gate_scale
+            current[b] = g.detach().float().reshape(g.shape[0], -1)
+        handles.append(found[b].register_forward_pre_hook(hook))
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():  # each module's flag restored (a frozen BN stays frozen)
             for i, (x, y) in enumerate(data):
                 if max_batches is not None and i >= max_batches:
                     break
@@ -114,7 +117,6 @@ def record_excitations(model: nn.Module, data: Iterable, *, blocks: Sequence[str
                 for b in names:
                     sums[b].index_add_(0, y, current[b].cpu().double())
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     if counts is None:

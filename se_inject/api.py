@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from .errors import PolicyError
 from .planner import Plan, check_model, make_plan
 from .policy import Policy
 from .rewrite import rewrite
@@ -32,17 +33,23 @@ def plan(model: nn.Module, policy: Policy | str | None = None, *, input_size: tu
     return make_plan(model, policy, input_size=input_size, count_flops=count_flops, **overrides)
 
 
-def apply(model: nn.Module, policy: Policy | str | None = None, *, inplace: bool = False,
+def apply(model: nn.Module, policy: Policy | Plan | str | None = None, *, inplace: bool = False,
           input_size: tuple[int, ...] | None = None, **overrides: Any) -> nn.Module:
     """``model`` with SE blocks where ``policy`` puts them (paper placement by default).
 
     Returns a new model and leaves ``model`` untouched, unless ``inplace=True``. The result keeps the
-    model's class and every parameter name; the new parameters are ``<owner>.se.*``.
+    model's class and every parameter name; the new parameters are ``<owner>.se.*``. ``policy`` may
+    also be a :class:`Plan` made for ``model`` by :func:`plan`: it is applied as it is, without
+    tracing the model again (look first, then do).
 
         >>> import timm, se_inject
         >>> model = se_inject.apply(timm.create_model("resnet50"), r=16)   # timm's seresnet50
         >>> type(model).__name__, type(model.layer1[0]).__name__, model.layer1[0].se.fc1.weight.shape
         ('ResNet', 'Bottleneck', torch.Size([16, 256, 1, 1]))
+        >>> resnet = timm.create_model("resnet18")
+        >>> p = se_inject.plan(resnet, r=8)                                  # look...
+        >>> se_inject.apply(resnet, p).layer1[0].se.reduced                  # ...then do, without tracing again
+        8
         >>> import warnings
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     _ = se_inject.apply(model)                                   # applying twice adds nothing...
@@ -61,12 +68,22 @@ def apply(model: nn.Module, policy: Policy | str | None = None, *, inplace: bool
         NothingInserted: no site passed the policy (the message counts the reasons).
     """
     check_model(model, "se_inject.apply")
+    if isinstance(policy, Plan) and (overrides or input_size is not None):
+        raise PolicyError("se_inject.apply: a plan is given, so the policy keys and input_size are decided "
+                          f"({', '.join(sorted(overrides)) or 'input_size'} given): make a new plan with them")
     target = model if inplace else copy.deepcopy(model)
-    the_plan = make_plan(target, policy, input_size=input_size, count_flops=False, **overrides)
+    if isinstance(policy, Plan):
+        the_plan = policy
+    else:
+        the_plan = make_plan(target, policy, input_size=input_size, count_flops=False, **overrides)
+    return rewrite(target, _warn_if_empty(the_plan))
+
+
+def _warn_if_empty(the_plan: Plan) -> Plan:
     if not the_plan.placements and the_plan.policy.kinds:
         warnings.warn(f"se_inject.apply: no SE block inserted into {the_plan.model_name}: {the_plan.why_nothing()}",
-                      NothingInserted, stacklevel=2)
-    return rewrite(target, the_plan)
+                      NothingInserted, stacklevel=3)
+    return the_plan
 
 
 class NothingInserted(UserWarning):

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import SEInjectError
+from .errors import KernelError
+
 
 __all__ = ["SqueezeExcite", "reduced_channels", "GATES", "SQUEEZES", "LAYOUTS", "INITS", "POST_ACTS", "KERNELS"]
 
@@ -193,11 +194,23 @@ class SqueezeExcite(nn.Module):
         g = self.gate(F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias))
         if self.gate_scale != 1.0:
             g = g * self.gate_scale
-        # unsqueeze (not a reshape): exports as Unsqueeze in both ONNX exporters, and needs no x.dim()
-        axis = -1 if self.layout == "nchw" else 1
-        for _ in range(self.spatial_dims):
-            g = g.unsqueeze(axis)
-        return g
+        return self._broadcast(g)
+
+    def _broadcast(self, g: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` -> ``(B, C, 1, 1)`` (nchw) or ``(B, 1, 1, C)`` (channels last), at the block's rank.
+        Indexing with None, written out per rank: one Unsqueeze in ONNX, no ``x.dim()`` for fx or
+        TorchScript to trace."""
+        if self.layout == "nchw":
+            if self.spatial_dims == 2:
+                return g[:, :, None, None]
+            if self.spatial_dims == 1:
+                return g[:, :, None]
+            return g[:, :, None, None, None]
+        if self.spatial_dims == 2:
+            return g[:, None, None, :]
+        if self.spatial_dims == 1:
+            return g[:, None, :]
+        return g[:, None, None, None, :]
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x * gate`` (Eq. 4), or ``residual + x * gate`` (then ``post_act``) at the end of a residual branch."""
@@ -224,27 +237,25 @@ class SqueezeExcite(nn.Module):
     @torch.jit.unused
     def _run_fused(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
         from . import ops
-        return ops.squeeze_excite(
-            x, residual, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-            channel_dim=self._channel_dim, squeeze=self.squeeze, gate=self.gate_name, gate_scale=self.gate_scale,
-            post_act=self.post_act, inplace=self.reuse_input and not torch.is_grad_enabled())
+        try:
+            return ops.squeeze_excite(
+                x, residual, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                channel_dim=self._channel_dim, squeeze=self.squeeze, gate=self.gate_name, gate_scale=self.gate_scale,
+                post_act=self.post_act,
+                inplace=bool(self.reuse_input and residual is not None and self._may_write_into(x, residual)),
+                fallback=self.kernels == "auto")
+        except KernelError as e:
+            raise KernelError(f"{self.label or 'SqueezeExcite'} (kernels='triton'): {str(e).split(': ', 1)[-1]}; "
+                              "use kernels='auto' to fall back to PyTorch where the kernels cannot run") from None
 
     @torch.jit.unused
     def _fused(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
-        """Whether this call runs the fused kernels: never while fx-tracing, tracing, exporting or
-        on the CPU with ``kernels="auto"``; ``kernels="triton"`` insists (one-line error if it cannot)."""
+        """Whether this call goes to :func:`se_inject.ops.squeeze_excite`: never while fx-tracing,
+        tracing or exporting (they see the PyTorch formulation), nor on the CPU with
+        ``kernels="auto"``. The op runs the PyTorch formulation itself for inputs its kernels do not
+        take (``auto``) or raises a one-line ``KernelError`` saying why (``triton``)."""
         if self.kernels == "torch" or isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing():
             return False
         if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
             return False
-        if self.kernels == "auto" and not x.is_cuda:
-            return False
-        from . import ops
-        why = ops.unsupported_reason(x, residual, channel_dim=self._channel_dim, squeeze=self.squeeze,
-                                     gate=self.gate_name)
-        if why is None:
-            return True
-        if self.kernels == "triton":
-            raise SEInjectError(f"{self.label or 'SqueezeExcite'}: kernels='triton' cannot run here ({why}); "
-                                "use kernels='auto' to fall back to PyTorch")
-        return False
+        return x.is_cuda or self.kernels == "triton"

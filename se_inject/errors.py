@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "did_you_mean"]
+__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "did_you_mean", "first_line"]
 
 
 class SEInjectError(Exception):
@@ -28,7 +28,24 @@ class ExportError(SEInjectError, RuntimeError):
     """An ONNX export failed, or the exported graph disagrees with PyTorch."""
 
 
+class KernelError(SEInjectError, ValueError):
+    """The fused SE op (:mod:`se_inject.ops`) was given an unknown option, or inputs its kernels
+    cannot take where ``kernels="triton"`` insists on them."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'r'?)`` for the closest of ``choices``, or ``''`` when none is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def first_line(e: BaseException, *, with_type: bool = True) -> str:
+    """``TypeName: first line of the message`` (or the message alone), at most 300 characters:
+    another library's error, quoted inside one of ours.
+
+        >>> first_line(RuntimeError("shapes differ\\nat layer 3")), first_line(OSError(28, "No space"), with_type=False)
+        ('RuntimeError: shapes differ', '[Errno 28] No space')
+    """
+    text = str(e).strip().splitlines()
+    message = text[0] if text else ""
+    return (f"{type(e).__name__}: {message}" if with_type else message or type(e).__name__)[:300]

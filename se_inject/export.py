@@ -29,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.fx.experimental._config
 from torch import nn
 
 from .block import SqueezeExcite
-from .errors import ExportError
+from ._torch_compat import pytree, size_oblivious_export
+from .errors import ExportError, TraceError
 from .files import publish
+from .modes import eval_mode
+from .shapes import check_input_size, default_input_size, expected_input
 from .onnx_graph import (SE_BLOCKS_KEY, _unique, fold_weight_reshapes, name_batch_dim, name_folded_weights,
                          name_nodes, name_scoped_nodes, se_nodes)
 
@@ -56,7 +58,7 @@ class ExportReport:
     opset: int
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
-    input_size: tuple[int, int, int]
+    input_size: tuple[int, ...]
     dynamic_batch: bool
     trace: str  # how the graph was captured: "torch.export non-strict at batch 1", "torch.jit.trace at batch 1"
     batch_sizes: tuple[int, ...]  # batch sizes run in onnxruntime; () with check=False
@@ -136,28 +138,19 @@ def _eval_on_cpu(model: nn.Module):
         raise ExportError(f"model spans devices {sorted(map(str, devices))}; move it to one device "
                           "(export runs on CPU) and export again")
     device = devices.pop() if devices else torch.device("cpu")
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        if device.type != "cpu":
-            model.to("cpu")
-        yield
-    finally:
-        if device.type != "cpu":
-            model.to(device)
-        for m, flag in flags:
-            m.training = flag
-
-
-def _default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("input_size", (3, 224, 224)))  # type: ignore[return-value]
+    with eval_mode(model):
+        try:
+            if device.type != "cpu":
+                model.to("cpu")
+            yield
+        finally:
+            if device.type != "cpu":
+                model.to(device)
 
 
 def _flat_outputs(out) -> tuple[list[str], list[torch.Tensor]]:
     """Output names and tensors in the exporters' (pytree) order: ``output``; ``output_0``, ``output_1``
     for a tuple; the keys for a dict (``logits``, ``aux_0``)."""
-    pytree = torch.utils._pytree
     pairs, _ = pytree.tree_flatten_with_path(out)
     bad = [(pytree.keystr(k), type(v).__name__) for k, v in pairs if not isinstance(v, torch.Tensor)]
     if bad or not pairs:
@@ -201,7 +194,7 @@ def _capture(model: nn.Module, x: torch.Tensor, dynamic_batch: bool) -> tuple[to
         for example in examples:
             try:
                 # backed_size_oblivious: what torch.onnx's own capture does to keep a size-1 dim dynamic.
-                with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+                with size_oblivious_export():
                     exported = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=strict)
                 return exported, \
                     f"torch.export {'strict' if strict else 'non-strict'} at batch {example.shape[0]}"
@@ -291,7 +284,7 @@ def _check(tmp_file: Path, model, x, names, refs: dict[int, list[torch.Tensor]],
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
-    input_size: tuple[int, int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     *,
     dynamic_batch: bool = True,
     opset: int | None = None,
@@ -307,12 +300,14 @@ def export_onnx(
         >>> report.exporter, report.batch_sizes, report.max_rel_diff < 1e-4       # doctest: +SKIP
         ('dynamo', (1, 3), True)
         >>> se_inject.se_nodes("se_resnet50.onnx")["layer1.0.se"]                # doctest: +SKIP
-        ['ReduceMean', 'Gemm', 'Relu', 'Gemm', 'Sigmoid', 'Reshape', 'Mul', 'Add']
+        ['ReduceMean', 'Gemm', 'Relu', 'Gemm', 'Sigmoid', 'Unsqueeze', 'Mul', 'Add', 'Relu']
 
     Args:
         model: any module taking one ``(B, C, H, W)`` tensor; left as it was (mode, device, weights).
         path: the ``.onnx`` file to write (its folder must exist); replaced only on success.
-        input_size: ``(C, H, W)``; defaults to timm's ``pretrained_cfg["input_size"]``, else (3, 224, 224).
+        input_size: the input's shape without the batch (``(C, H, W)``; ``(C, L)``, ``(C, T, H, W)`` for
+            1-D and 3-D nets); defaults to timm's ``pretrained_cfg["input_size"]``, else what the
+            first conv takes (:func:`se_inject.shapes.default_input_size`).
         dynamic_batch: export the batch dimension as ``batch`` (else fixed at 1).
         opset: ONNX opset; None for the exporter's default.
         check: run ``onnx.checker`` and compare onnxruntime (CPU) with PyTorch at batch 1 and
@@ -323,82 +318,24 @@ def export_onnx(
             handles, or a failed check; nothing is left at ``path`` (nor temporary files).
     """
     start = time.perf_counter()
-    path = Path(path)
-    size = tuple(input_size) if input_size is not None else _default_input_size(model)
-    if len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ExportError(f"input_size {size} is not (C, H, W) with positive ints; pass e.g. input_size=(3, 224, 224)")
-    if not path.parent.is_dir():
-        raise ExportError(f"cannot write {path}: folder {path.parent} does not exist; create it or choose another path")
-    if path.is_dir():
-        raise ExportError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.onnx'}")
-    if not os.access(path.parent, os.W_OK):
-        raise ExportError(f"cannot write {path}: folder {path.parent} is not writable; choose another path")
+    path = _check_destination(Path(path))
+    size = _check_size(input_size, model)
     if second_batch < 1:
         raise ExportError(f"second_batch={second_batch} must be >= 1")
-
     with _eval_on_cpu(model):
-        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         batches = [1, second_batch] if dynamic_batch and second_batch != 1 else [1]
-        x = torch.randn((max(batches), *size), generator=torch.Generator().manual_seed(0)).to(dtype)
-        with torch.no_grad():
-            try:
-                out = model(x[:1])
-            except Exception as e:  # noqa: BLE001 - the model's own error, reported by size
-                raise ExportError(f"{type(model).__name__} rejects input size {size}: {_reason(e)}; "
-                                  "pass an input_size (C, H, W) it accepts") from None
-            output_names, refs = _flat_outputs(out)
-            refs = {1: refs}
-            if check:
-                refs.update({b: _flat_outputs(model(x[:b]))[1] for b in batches[1:]})
-        names = (["input"], output_names)
+        x, names, refs = _reference_outputs(model, size, batches if check else [1])
         se_paths = [n for n, m in model.named_modules() if isinstance(m, SqueezeExcite)]
-
-        try:
-            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        except OSError as e:
-            raise ExportError(f"cannot write {path}: creating a file in {path.parent} fails ({e.strerror}); "
-                              "choose a writable folder") from None
-        try:
+        with _scratch_dir(path) as tmp_dir:
             tmp_file = tmp_dir / path.name
-            reasons: dict[str, str] = {}
-            exporter = None
-            for name, export in EXPORTERS.items():
-                if name in reasons:
-                    continue
-                try:
-                    with _quiet():
-                        data, trace = export(model, x[:1], tmp_file, names, dynamic_batch, opset, se_paths)
-                    exporter = name
-                    break
-                except Exception as e:  # noqa: BLE001 - next exporter, reason kept
-                    reasons[name] = _reason(e)
-                    for f in tmp_dir.iterdir():
-                        f.unlink()
-                    if _data_dependent(e):
-                        # torch.export proved forward branches on tensor values: a TorchScript trace
-                        # would keep the branch this input takes and pass the check, wrong for others.
-                        reasons.setdefault("torchscript", "not tried: a trace keeps one branch of that "
-                                                          "data-dependent control flow")
-            if exporter is None:
-                tried = "; ".join(f"{k} exporter: {v}" for k, v in reasons.items())
-                raise ExportError(f"cannot export {type(model).__name__} to ONNX ({tried}); make forward traceable "
-                                  "(tensors in and out, no Python branches on tensor values)")
-            import onnx
-
-            proto = onnx.load(str(tmp_file), load_external_data=False)
-            got_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-            if opset is not None and got_opset != opset:
-                raise ExportError(f"the {exporter} exporter wrote opset {got_opset}, not the opset {opset} asked for; "
-                                  f"pass opset={got_opset} or newer")
-            diffs = _check(tmp_file, model, x, names, {b: refs[b] for b in batches}, rtol, exporter) \
-                if check else (None, None)
+            exporter, reasons, data, trace = _first_export_that_works(model, x[:1], tmp_file, names, dynamic_batch,
+                                                                      opset, se_paths)
+            got_opset, found = _read_back(tmp_file, exporter, opset)
+            diffs = _check(tmp_file, model, x, names, refs, rtol, exporter) if check else (None, None)
             nbytes = tmp_file.stat().st_size + ((tmp_dir / data).stat().st_size if data else 0)
-            found = tuple(b for b, ops in se_nodes(proto).items() if ops)
             if data:
                 publish(tmp_dir / data, path.parent / f"{path.name}.data")
             publish(tmp_file, path)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
 
     return ExportReport(
         path=str(path), exporter=exporter, fallback_reason=reasons.get("dynamo"), opset=got_opset,
@@ -406,3 +343,92 @@ def export_onnx(
         dynamic_batch=dynamic_batch, trace=trace, batch_sizes=tuple(batches) if check else (), max_abs_diff=diffs[0],
         max_rel_diff=diffs[1], se_blocks=found, external_data=f"{path.name}.data" if data else None,
         file_bytes=nbytes, seconds=time.perf_counter() - start)
+
+
+def _check_destination(path: Path) -> Path:
+    """``path`` if a file can be written there; else the one-line reason (before any work)."""
+    if not path.parent.is_dir():
+        raise ExportError(f"cannot write {path}: folder {path.parent} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise ExportError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.onnx'}")
+    if not os.access(path.parent, os.W_OK):
+        raise ExportError(f"cannot write {path}: folder {path.parent} is not writable; choose another path")
+    return path
+
+
+def _check_size(input_size: tuple[int, ...] | None, model: nn.Module) -> tuple[int, ...]:
+    """The input's shape without the batch (2 to 4 positive ints), the model's default when None."""
+    if input_size is None:
+        return default_input_size(model)
+    try:
+        return check_input_size(input_size, model)
+    except TraceError as e:
+        raise ExportError(str(e)) from None
+
+
+def _reference_outputs(model: nn.Module, size: tuple[int, ...], batches: list[int]):
+    """One seeded input batch, the output names, and PyTorch's outputs at each batch size."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.randn((max(batches), *size), generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.no_grad():
+        try:
+            out = model(x[:1])
+        except Exception as e:  # noqa: BLE001 - the model's own error, reported by size
+            raise ExportError(f"{type(model).__name__} rejects input size {size}: {_reason(e)}; "
+                              f"pass an input_size it accepts ({expected_input(model)})") from None
+        output_names, first = _flat_outputs(out)
+        refs = {1: first}
+        refs.update({b: _flat_outputs(model(x[:b]))[1] for b in batches[1:]})
+    return x, (["input"], output_names), refs
+
+
+@contextlib.contextmanager
+def _scratch_dir(path: Path):
+    """A temporary folder beside ``path`` (same file system: the final rename is atomic), removed after."""
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: creating a file in {path.parent} fails ({e.strerror}); "
+                          "choose a writable folder") from None
+    try:
+        yield tmp_dir
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _first_export_that_works(model, x, tmp_file: Path, names, dynamic_batch: bool, opset: int | None, se_paths):
+    """``(exporter, reasons the others failed, external data file, trace)`` of the first exporter of
+    :data:`EXPORTERS` that writes ``tmp_file``; an :class:`ExportError` with every reason if none does."""
+    reasons: dict[str, str] = {}
+    for name, export in EXPORTERS.items():
+        if name in reasons:
+            continue
+        try:
+            with _quiet():
+                data, trace = export(model, x, tmp_file, names, dynamic_batch, opset, se_paths)
+            return name, reasons, data, trace
+        except Exception as e:  # noqa: BLE001 - next exporter, reason kept
+            reasons[name] = _reason(e)
+            for f in tmp_file.parent.iterdir():
+                f.unlink()
+            if _data_dependent(e):
+                # torch.export proved forward branches on tensor values: a TorchScript trace
+                # would keep the branch this input takes and pass the check, wrong for others.
+                reasons.setdefault("torchscript", "not tried: a trace keeps one branch of that "
+                                                  "data-dependent control flow")
+    tried = "; ".join(f"{k} exporter: {v}" for k, v in reasons.items())
+    raise ExportError(f"cannot export {type(model).__name__} to ONNX ({tried}); make forward traceable "
+                      "(tensors in and out, no Python branches on tensor values)")
+
+
+def _read_back(tmp_file: Path, exporter: str, opset: int | None) -> tuple[int, tuple[str, ...]]:
+    """The written file's opset (checked against the one asked for) and the SE blocks found in it."""
+    import onnx
+
+    proto = onnx.load(str(tmp_file), load_external_data=False)
+    got_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset is not None and got_opset != opset:
+        raise ExportError(f"the {exporter} exporter wrote opset {got_opset}, not the opset {opset} asked for; "
+                          f"pass opset={got_opset} or newer")
+    return got_opset, tuple(b for b, ops in se_nodes(proto).items() if ops)
+

@@ -24,18 +24,13 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.graph_module import _CodeOnlyModule, _format_import_block, _forward_from_src
-from torch.package import sys_importer
+from ._torch_compat import MODULE_STATE as _MODULE_STATE
+from ._torch_compat import CodeOnlyModule as _CodeOnlyModule
+from ._torch_compat import format_import_block as _format_import_block
+from ._torch_compat import forward_from_src as _forward_from_src
+from ._torch_compat import sys_importer
 
 __all__ = ["OwnerGraphModule", "original_class", "original_class_name"]
-
-#: nn.Module state that GraphModule.__init__ rebuilds from the graph alone, and we restore whole.
-_MODULE_STATE = ("_modules", "_parameters", "_buffers", "_non_persistent_buffers_set", "training",
-                 "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-                 "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
-                 "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
-                 "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_is_full_backward_hook")
-
 
 def _adopt(gm: fx.GraphModule, state: dict[str, Any], *, plain_only: bool) -> None:
     """Give ``gm`` the module state in ``state`` (another module's ``__dict__``).

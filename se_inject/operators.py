@@ -24,16 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._torch_compat import ConvNd, NormBase
+
 __all__ = ["is_gate", "contains_gate", "is_act", "is_norm", "is_norm_act", "is_transparent", "is_conv", "is_learned",
-           "learned_layers", "fresh_output", "conv_dilation", "GATES", "ACTS", "NORMS", "NORM_ACTS", "TRANSPARENT",
+           "learned_layers", "fresh_output", "conv_dilation", "CHANNEL_GATES", "ACTS", "NORMS", "NORM_ACTS", "TRANSPARENT",
            "ADD_FUNCTIONS", "ADD_METHODS", "CAT_FUNCTIONS", "CONV_FUNCTIONS", "LEARNED_FUNCTIONS",
            "ACT_FUNCTIONS", "ACT_METHODS", "TRANSPARENT_FUNCTIONS", "SPLIT_FUNCTIONS", "SPLIT_METHODS"]
 
 
-def _classes(names: Iterable[str]) -> tuple[type, ...]:
+def _classes(names: Iterable[str | type]) -> tuple[type, ...]:
     """The classes named ``module.Class`` that can be imported here (timm is optional)."""
     out = []
     for name in names:
+        if isinstance(name, type):
+            out.append(name)
+            continue
         module, _, cls = name.rpartition(".")
         try:
             out.append(getattr(importlib.import_module(module), cls))
@@ -45,9 +50,10 @@ def _classes(names: Iterable[str]) -> tuple[type, ...]:
 class _Kind:
     """A kind of module: classes (``isinstance``) first, then class names (copies in other repos)."""
 
-    def __init__(self, qualified: Iterable[str], names: Iterable[str] = ()) -> None:
+    def __init__(self, qualified: Iterable[str | type], names: Iterable[str] = ()) -> None:
         self.qualified = tuple(qualified)
-        self.names = frozenset(names) | {q.rpartition(".")[2] for q in self.qualified}
+        self.names = frozenset(names) | {q.__name__ if isinstance(q, type) else q.rpartition(".")[2]
+                                         for q in self.qualified}
         self._types: tuple[type, ...] | None = None
 
     @property
@@ -61,7 +67,7 @@ class _Kind:
 
 
 #: modules that already gate channels: SE and its relatives (timm, torchvision, ours, common repos).
-GATES = _Kind(
+CHANNEL_GATES = _Kind(
     ["se_inject.block.SqueezeExcite", "torchvision.ops.misc.SqueezeExcitation",
      "timm.layers.squeeze_excite.SEModule", "timm.layers.squeeze_excite.EffectiveSEModule",
      "timm.layers.squeeze_excite.SqueezeExcite", "timm.layers.squeeze_excite.SqueezeExciteCl",
@@ -77,7 +83,7 @@ ACTS = _Kind(
      "torch.nn.Tanh", "torch.nn.Hardtanh", "timm.layers.activations.Swish", "timm.layers.activations.HardSwish",
      "timm.layers.activations.GELUTanh", "timm.layers.activations.QuickGELU", "timm.layers.activations.HardMish"])
 NORMS = _Kind(
-    ["torch.nn.modules.batchnorm._NormBase", "torch.nn.GroupNorm", "torch.nn.LayerNorm",
+    [NormBase, "torch.nn.GroupNorm", "torch.nn.LayerNorm",
      "torchvision.ops.misc.FrozenBatchNorm2d"])
 #: norm + activation in one module (timm's BatchNormAct2d and friends).
 NORM_ACTS = _Kind(["timm.layers.norm_act.BatchNormAct2d", "timm.layers.norm_act.GroupNormAct",
@@ -104,12 +110,12 @@ SPLIT_METHODS = frozenset({"chunk", "split", "tensor_split", "narrow"})
 
 
 def is_gate(m: nn.Module) -> bool:
-    return GATES(m)
+    return CHANNEL_GATES(m)
 
 
 def contains_gate(m: nn.Module) -> bool:
     """``m`` is a gate or holds one (torchvision's MBConv keeps its SE inside a ``Sequential``)."""
-    return any(GATES(sub) for sub in m.modules())
+    return any(CHANNEL_GATES(sub) for sub in m.modules())
 
 
 def is_act(m: nn.Module) -> bool:
@@ -130,7 +136,7 @@ def is_transparent(m: nn.Module) -> bool:
 
 
 def is_conv(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.conv._ConvNd)
+    return isinstance(m, ConvNd)
 
 
 def is_learned(m: nn.Module) -> bool:
@@ -146,8 +152,7 @@ def learned_layers(m: nn.Module) -> list[nn.Module]:
 def fresh_output(m: nn.Module) -> bool:
     """Whether ``m`` returns a new tensor (not a view of its input, nor its input): the fused add
     may then write into it in inference."""
-    return isinstance(m, (nn.modules.batchnorm._NormBase, nn.modules.conv._ConvNd, nn.Linear, nn.GroupNorm,
-                          nn.LayerNorm)) or NORM_ACTS(m)
+    return isinstance(m, (NormBase, ConvNd, nn.Linear, nn.GroupNorm, nn.LayerNorm)) or NORM_ACTS(m)
 
 
 def conv_dilation(m: nn.Module) -> int | None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .accounting import count_macs, count_params, se_macs, se_params
 from .block import reduced_channels
+from .codes import Code
 from .errors import PolicyError, SEInjectError, TraceError
 from .policy import Policy, load_policy
 from .preserve import preserved
@@ -56,10 +57,11 @@ class Placement:
 
 @dataclass(frozen=True)
 class Skip:
-    """A site the plan leaves alone, and why."""
+    """A site the plan leaves alone, and why: ``code`` for programs, ``reason`` for people."""
     site: Site
     label: str
     reason: str
+    code: Code = Code.KIND_NOT_CHOSEN
 
 
 @dataclass
@@ -95,7 +97,12 @@ class Plan:
         return dict(Counter(p.site.kind for p in self.placements))
 
     def skipped_by_reason(self) -> dict[str, int]:
+        """Skipped sites counted by their message (what ``print(plan)`` shows)."""
         return dict(Counter(s.reason for s in self.skipped))
+
+    def skipped_by_code(self) -> dict[Code, int]:
+        """Skipped sites counted by :class:`~se_inject.codes.Code` (what programs compare)."""
+        return dict(Counter(s.code for s in self.skipped))
 
     def why_nothing(self) -> str:
         """One line on why the plan places no block (for ``apply``'s warning)."""
@@ -148,27 +155,29 @@ def _check_globs(policy: Policy, model: nn.Module) -> None:
                                   f"{type(model).__name__} (module paths look like {example})")
 
 
-def _skip_reason(site: Site, policy: Policy, chosen_kinds: tuple[str, ...], last_stage: int | None) -> str | None:
-    if site.status != "ok":
-        return site.status
+def _skip_reason(site: Site, policy: Policy, chosen_kinds: tuple[str, ...],
+                 last_stage: int | None) -> tuple[Code, str] | None:
+    """``(code, message)`` of why ``policy`` leaves ``site`` alone, or None when it gets a block."""
+    if site.status is not Code.OK:
+        return site.status, site.reason
     if site.kind not in chosen_kinds:
-        return f"{site.kind} sites are not in the policy's kinds"
+        return Code.KIND_NOT_CHOSEN, f"{site.kind} sites are not in the policy's kinds"
     if site.covered_by is not None and site.kind == "split":
-        return "split unit whose branch holds blocks with sites of their own (CSPNet): those get SE"
+        return Code.COVERED, "split unit whose branch holds blocks with sites of their own (CSPNet): those get SE"
     if site.covered_by is not None and "residual" in chosen_kinds:
-        return "concat on a residual branch: the branch's SE gates it"
+        return Code.COVERED, "concat on a residual branch: the branch's SE gates it"
     if site.layout not in policy.layouts:
         if site.layout == "nlc":
-            return "token layout (B, N, C): add nlc to the policy's layouts to gate token channels"
-        return f"{site.layout} layout is not in the policy's layouts"
+            return Code.LAYOUT_NOT_CHOSEN, "token layout (B, N, C): add nlc to the policy's layouts to gate token channels"
+        return Code.LAYOUT_NOT_CHOSEN, f"{site.layout} layout is not in the policy's layouts"
     if policy.include and not any(fnmatch.fnmatchcase(site.path, g) for g in policy.include):
-        return "not matched by include"
+        return Code.NOT_INCLUDED, Code.NOT_INCLUDED.message
     if any(fnmatch.fnmatchcase(site.path, g) for g in policy.exclude):
-        return "matched by exclude"
+        return Code.EXCLUDED, Code.EXCLUDED.message
     if site.channels < policy.min_channels:
-        return f"fewer than min_channels={policy.min_channels} channels"
+        return Code.FEW_CHANNELS, f"fewer than min_channels={policy.min_channels} channels"
     if policy.skip_last_stage and site.stage is not None and site.stage == last_stage:
-        return f"last stage ({last_stage}) skipped (skip_last_stage)"
+        return Code.LAST_STAGE, f"last stage ({last_stage}) skipped (skip_last_stage)"
     return None
 
 
@@ -275,25 +284,25 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
     kinds = policy.kinds
     if policy.conv_fallback and not any(s.kind in kinds for s in sites):  # none at all (gated ones count)
         for fallback, what in FALLBACKS:
-            if fallback not in kinds and any(s.kind == fallback and s.status == "ok" for s in sites):
+            if fallback not in kinds and any(s.kind == fallback and s.status is Code.OK for s in sites):
                 kinds = (*kinds, fallback)
                 notes.append(f"no {'/'.join(policy.kinds)} site in this model: gating {what} (conv_fallback)")
                 break
 
     considered = [s for s in sites if s.kind in kinds]
     _check_stages(policy, considered, model)
-    stages = [s.stage for s in considered if s.status == "ok" and s.stage is not None]
+    stages = [s.stage for s in considered if s.status is Code.OK and s.stage is not None]
     last_stage = max(stages) if stages else None
     labels = _labels(considered)
 
     chosen: list[tuple[Site, float]] = []
     skipped: list[Skip] = []
     for site in sites:
-        reason = _skip_reason(site, policy, kinds, last_stage)
-        if reason is None:
+        why = _skip_reason(site, policy, kinds, last_stage)
+        if why is None:
             chosen.append((site, policy.r_for(site.path, site.stage)))
         elif site.kind in kinds:
-            skipped.append(Skip(site, labels.get(site, "-"), reason))
+            skipped.append(Skip(site, labels.get(site, "-"), why[1], why[0]))
     names = _attribute_names(chosen, traced)
     placements = []
     for site, r in chosen:

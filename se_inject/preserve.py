@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._torch_compat import version_of
 from .errors import SEInjectError
 
 __all__ = ["preserved", "Snapshot"]
@@ -69,7 +70,7 @@ class Snapshot:
                     continue  # no version counter, and no write into it outside inference mode
                 # a forward may write into a buffer or a cached tensor: keep a copy to put back
                 copy = None if isinstance(obj, nn.Parameter) else obj.detach().clone()
-                self._tensors[key] = (obj, obj._version, copy)
+                self._tensors[key] = (obj, version_of(obj), copy)
                 continue
             if isinstance(obj, nn.Module):
                 self._objects[key] = (obj, "object", (obj.__class__, dict(obj.__dict__)))
@@ -115,7 +116,7 @@ class Snapshot:
                 obj.update(state)
         written = []
         for t, version, copy in self._tensors.values():
-            if t._version == version:
+            if version_of(t) == version:
                 continue
             if copy is None:
                 written.append(tuple(t.shape))

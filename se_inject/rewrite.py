@@ -18,9 +18,10 @@ from torch import nn
 from .block import SqueezeExcite
 from .errors import TraceError
 from .graph_module import OwnerGraphModule
+from .operators import fresh_output
 from .planner import Placement, Plan
 from .preserve import preserved
-from .shapes import forward_shapes, graph_constants
+from .shapes import forward_shapes
 from .tracing import ModuleGraph
 
 __all__ = ["rewrite"]
@@ -76,16 +77,9 @@ def _branch_user(graph_nodes: dict[str, fx.Node], x: fx.Node, add: fx.Node) -> f
     return add
 
 
-#: modules whose output is a new tensor (not a view of their input, nor returned twice).
-_FRESH_OUTPUT = (nn.modules.batchnorm._NormBase, nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)
-
-
 def _fresh(owner: nn.Module, x: fx.Node) -> bool:
     """Whether the fused add may overwrite ``x`` in inference: a new tensor that only the SE reads."""
-    if x.op != "call_module" or len(x.users) != 1:
-        return False
-    m = owner.get_submodule(x.target)
-    return isinstance(m, _FRESH_OUTPUT) or type(m).__name__ in ("BatchNormAct2d", "GroupNormAct", "LayerNormAct2d")
+    return x.op == "call_module" and len(x.users) == 1 and fresh_output(owner.get_submodule(x.target))
 
 
 def _insert(graph: fx.Graph, nodes: dict[str, fx.Node], p: Placement, owner: nn.Module,
@@ -167,11 +161,10 @@ def _is_plain_sequential(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def _build_sequential(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> nn.Module:
+def _build_sequential(owner: nn.Module, mg: ModuleGraph, placements: list[Placement], plan: Plan) -> nn.Module:
     """An ``nn.Sequential`` owner (VGG's ``features``) stays an ``nn.Sequential`` of its class: each SE
     block is a child right after the one whose output it gates, so running the children in order is
     the rewritten forward, and iteration, slicing and ``len`` behave as for a hand-written net."""
-    owner = mg.module
     like = _reference_tensor(owner)
     blocks = {p.name: _make_block(p, plan, owner, like) for p in placements}
     nodes = {n.name: n for n in mg.graph.nodes}
@@ -188,45 +181,62 @@ def _build_sequential(mg: ModuleGraph, placements: list[Placement], plan: Plan) 
     return new
 
 
-def _in_sequence(mg: ModuleGraph, placements: list[Placement]) -> bool:
+def _in_sequence(owner: nn.Module, mg: ModuleGraph, placements: list[Placement]) -> bool:
     """Whether every block gates the output of a direct child of a plain ``nn.Sequential`` owner."""
-    if not _is_plain_sequential(mg.module):
+    if not _is_plain_sequential(owner):
         return False
     nodes = {n.name: n for n in mg.graph.nodes}
     return all(not p.fused and nodes[p.site.node].op == "call_module" and "." not in nodes[p.site.node].target
                for p in placements)
 
 
-def _build_owner(mg: ModuleGraph, placements: list[Placement], plan: Plan) -> nn.Module:
-    if _in_sequence(mg, placements):
-        return _build_sequential(mg, placements, plan)
+def _build_owner(owner: nn.Module, mg: ModuleGraph, placements: list[Placement], plan: Plan,
+                 constants: dict[str, torch.Tensor]) -> nn.Module:
+    """The replacement of ``owner`` (the module at ``mg.path`` of the model being rewritten: the one
+    planned, or a copy of it) running ``mg``'s graph with the planned blocks inserted."""
+    if _in_sequence(owner, mg, placements):
+        return _build_sequential(owner, mg, placements, plan)
     graph, nodes = _copy_graph(mg.graph)
-    _restore_argument_names(graph, mg.module)
-    like = _reference_tensor(mg.module)
+    _restore_argument_names(graph, owner)
+    like = _reference_tensor(owner)
     blocks: dict[str, SqueezeExcite] = {}
     after: dict[str, str | None] = {}
     for p in sorted(placements, key=lambda p: p.site.order):
-        blocks[p.name] = _make_block(p, plan, mg.module, like)
+        blocks[p.name] = _make_block(p, plan, owner, like)
         src = nodes[p.site.node]
         after[p.name] = src.target.split(".")[0] if src.op == "call_module" else None
-        _insert(graph, nodes, p, mg.module, blocks[p.name])
+        _insert(graph, nodes, p, owner, blocks[p.name])
     graph.lint()
-    return OwnerGraphModule.build(mg.module, graph, _children(mg.module, blocks, after), graph_constants(mg.graph))
+    return OwnerGraphModule.build(owner, graph, _children(owner, blocks, after), constants)
+
+
+def _structure(model: nn.Module) -> list[tuple[str, type]]:
+    return [(name, type(m)) for name, m in model.named_modules()]
 
 
 def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
     """Insert ``plan``'s SE blocks into ``model`` in place and return it.
 
-    ``plan`` must have been made for this very model object (:func:`se_inject.plan`).
+    ``model`` is the model ``plan`` was made for (:func:`se_inject.plan`) or a copy of it
+    (``copy.deepcopy``): the plan's graphs are applied to the modules at the same paths.
     """
     traced = plan.traced
-    if traced is None or traced.model is not model:
-        raise TraceError("this plan was made for another model object; make the plan from the model you rewrite")
+    if traced is None:
+        raise TraceError("this plan has no traced graphs (made by hand?); make it with se_inject.plan(model)")
+    copied = traced.model is not model
+    if copied and _structure(traced.model) != _structure(model):
+        raise TraceError("this plan was made for another model (or the model changed since); make the plan "
+                         "from the model you rewrite")
     by_owner: dict[str, list[Placement]] = {}
     for p in plan.placements:
         by_owner.setdefault(p.site.path, []).append(p)
     try:
-        built = {path: _build_owner(traced.graphs[path], ps, plan) for path, ps in by_owner.items()}
+        built = {}
+        for path, ps in by_owner.items():
+            constants = traced.graphs[path].constants
+            if copied:  # a tensor fx made a constant belongs to one rewritten owner, not to two
+                constants = {k: v.clone() for k, v in constants.items()}
+            built[path] = _build_owner(model.get_submodule(path), traced.graphs[path], ps, plan, constants)
     except TraceError:
         raise
     except Exception as e:
@@ -242,7 +252,7 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
     if check:
         try:
             with preserved(model):  # the check's forward leaves no trace (issue 10: cached anchors)
-                _check_forward(plan)
+                _check_forward(model.get_submodule(traced.root), plan)
         except Exception as e:
             for parent, name, original in reversed(swapped):
                 parent._modules[name] = original
@@ -250,9 +260,9 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
     return model
 
 
-def _check_forward(plan: Plan) -> None:
-    """One forward of the rewritten model (the traced part of it) on stand-in tensors: it runs and
-    its output shapes are unchanged."""
-    after = forward_shapes(plan.traced.module, plan.input_size, plan.traced.backend)
+def _check_forward(module: nn.Module, plan: Plan) -> None:
+    """One forward of the rewritten ``module`` (the traced part of the model) on stand-in tensors:
+    it runs and its output shapes are unchanged."""
+    after = forward_shapes(module, plan.input_size, plan.traced.backend)
     if plan.traced.output_shapes is not None and after != plan.traced.output_shapes:
         raise TraceError(f"output shapes changed from {plan.traced.output_shapes} to {after}")

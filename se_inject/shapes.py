@@ -19,9 +19,12 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.utils._pytree as pytree
 from torch import nn
 from torch.func import functional_call
+
+from ._torch_compat import ConvNd, fake_tensor_mode, pytree
+from .errors import first_line
+from .modes import eval_mode
 
 __all__ = ["Call", "BACKENDS", "record_calls", "annotate_shapes", "forward_shapes", "shapes_of", "eval_mode",
            "model_device", "default_input_size", "check_input_size", "expected_input", "first_line"]
@@ -43,8 +46,8 @@ class Call:
 DEFAULT_SPATIAL = {1: (16000,), 2: (224, 224), 3: (16, 112, 112)}
 
 
-def _first_conv(model: nn.Module) -> nn.modules.conv._ConvNd | None:
-    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+def _first_conv(model: nn.Module) -> ConvNd | None:
+    return next((m for m in model.modules() if isinstance(m, ConvNd)), None)
 
 
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
@@ -152,8 +155,7 @@ class _FakeBackend(_Backend):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        from torch._subclasses.fake_tensor import FakeTensorMode
-        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.mode = fake_tensor_mode()
 
     def context(self) -> contextlib.AbstractContextManager[Any]:
         stack = contextlib.ExitStack()
@@ -174,19 +176,6 @@ def model_device(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """The shape pass runs in eval mode (no batch-norm statistics updated, no dropout); every
-    module's own flag is restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, was in modes:
-            m.training = was
 
 
 def record_calls(model: nn.Module, backend: _Backend, x: torch.Tensor) -> dict[str, Call]:
@@ -222,24 +211,14 @@ def record_calls(model: nn.Module, backend: _Backend, x: torch.Tensor) -> dict[s
     return calls
 
 
-#: Graph attribute holding the tensors fx made constants of (``{"_tensor_constant0": tensor}``),
-#: set by :func:`se_inject.tracing.trace_module`.
-GRAPH_CONSTANTS = "_se_inject_constants"
-
-
-def graph_constants(graph: fx.Graph) -> dict[str, torch.Tensor]:
-    """The tensor constants of a traced owner graph (empty for a graph without any)."""
-    return getattr(graph, GRAPH_CONSTANTS, {})
-
-
 class _ShapeInterpreter(fx.Interpreter):
     """Runs an owner's graph on stand-in tensors, writing ``node.meta['shape']``. A child that ran
     exactly once in the model pass is not run again: its recorded output is reused."""
 
     def __init__(self, module: nn.Module, graph: fx.Graph, path: str, backend: _Backend,
-                 calls: dict[str, Call]) -> None:
+                 calls: dict[str, Call], constants: dict[str, torch.Tensor]) -> None:
         super().__init__(module, garbage_collect_values=False, graph=graph)
-        self.path, self.backend, self.calls = path, backend, calls
+        self.path, self.backend, self.calls, self.constants = path, backend, calls, constants
 
     def _qualified(self, target: str) -> str:
         return f"{self.path}.{target}" if self.path else target
@@ -250,7 +229,7 @@ class _ShapeInterpreter(fx.Interpreter):
         return out
 
     def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:
-        constant = graph_constants(self.graph).get(target)
+        constant = self.constants.get(target)
         value = constant if constant is not None else super().get_attr(target, args, kwargs)
         return self.backend.attr(self._qualified(target), value)
 
@@ -269,12 +248,6 @@ def bound_args(module: nn.Module, call: Call) -> tuple[Any, ...]:
     return tuple(bound.arguments.values())
 
 
-def first_line(e: BaseException) -> str:
-    """``TypeName: first line of the message``, at most 300 characters: for one-line reports."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
-
-
 def shapes_of(tree: Any) -> Any:
     """The same structure with every tensor replaced by its shape tuple."""
     return pytree.tree_map(lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else t, tree)
@@ -288,8 +261,9 @@ def forward_shapes(model: nn.Module, input_size: tuple[int, ...], backend: str =
     return shapes_of(out)
 
 
-def annotate_shapes(module: nn.Module, graph: fx.Graph, path: str, backend: "_Backend", calls: dict[str, Call]) -> None:
-    """Interpret ``graph`` (``module``'s own forward) with the arguments it received in the recorded
-    pass, writing ``node.meta["shape"]`` on every node."""
+def annotate_shapes(module: nn.Module, graph: fx.Graph, path: str, backend: "_Backend", calls: dict[str, Call],
+                    constants: dict[str, torch.Tensor] | None = None) -> None:
+    """Interpret ``graph`` (``module``'s own forward, reading ``constants``) with the arguments it
+    received in the recorded pass, writing ``node.meta["shape"]`` on every node."""
     with backend.context():
-        _ShapeInterpreter(module, graph, path, backend, calls).run(*bound_args(module, calls[path]))
+        _ShapeInterpreter(module, graph, path, backend, calls, constants or {}).run(*bound_args(module, calls[path]))

@@ -43,7 +43,8 @@ from torch import nn
 
 from . import operators as ops
 from .block import SqueezeExcite
-from .owner_graph import OwnerGraph
+from .codes import Code
+from .graph_facts import GraphFacts
 from .tracing import TracedModel, is_mode_dependent
 
 __all__ = ["Site", "find_sites", "KINDS"]
@@ -56,8 +57,9 @@ KINDS = ("residual", "multibranch", "inception", "split", "concat", "conv")
 class Site:
     """A place where an SE block can go: after node ``node`` of the module at ``path``.
 
-    ``status`` is ``ok`` or why no SE can go here whatever the policy (already gated, an
-    unsupported layout, ...); a policy then picks among the ``ok`` ones.
+    ``status`` is :attr:`Code.OK <se_inject.codes.Code.OK>` or why no SE can go here whatever the
+    policy (``ALREADY_GATED``, ``UNSUPPORTED_LAYOUT``, ...), ``reason`` the same for a person; a
+    policy then picks among the ``OK`` ones.
     """
     path: str                 # qualified name of the owner module ('' = the model itself)
     kind: str
@@ -67,7 +69,8 @@ class Site:
     spatial: tuple[int, ...]  # (L,), (H, W) or (T, H, W); (tokens,) for nlc
     stage: int | None         # log2 of the model input's height over this map's: paper's SE_<stage>_<block>
     order: tuple[int, int]    # (owner call order, node index): execution order
-    status: str = "ok"
+    status: Code = Code.OK
+    reason: str = ""          # the status for people ("" when OK)
     fuse: str | None = None   # the add node the SE can absorb (shortcut + x * gate in one op)
     detail: str = ""
     covered_by: str | None = None  # a concat on a residual branch: that branch's SE input node
@@ -81,7 +84,7 @@ class Site:
 class _Finder:
     """Runs the per-kind detectors over one owner and turns hits into :class:`Site` records."""
 
-    def __init__(self, owner: OwnerGraph, traced: TracedModel) -> None:
+    def __init__(self, owner: GraphFacts, traced: TracedModel) -> None:
         self.o, self.traced = owner, traced
         self.sites: list[Site] = []
         self.covered: dict[fx.Node, str] = {}  # node on a residual branch -> that site's SE input
@@ -151,26 +154,26 @@ class _Finder:
         h_in = inp[-2] if len(inp) > 1 else inp[-1]
         return max(0, round(math.log2(h_in / height)))
 
-    def add_site(self, kind: str, n: fx.Node, *, fuse: fx.Node | None = None, status: str = "ok",
+    def add_site(self, kind: str, n: fx.Node, *, fuse: fx.Node | None = None, gated: bool = False,
                  detail: str = "", channel_dim: int | None = None, covered_by: str | None = None,
                  dilation: int = 1) -> Site | None:
         shape = self.o.shape(n)
         if shape is None:
             return None
         layout, channels, spatial, why = self._layout(n, shape, channel_dim)
-        if status == "ok" and layout is None:
-            status = f"unsupported layout: {why}"
-        if status == "ok" and layout in ("nchw", "nhwc") and spatial and math.prod(spatial) == 1:
-            status = "1x1 feature map: nothing to squeeze"
-        if status == "ok" and not self.o.mg.path:
-            status = "in the model's own forward: se-inject rewrites submodules, not the model object"
-        if status == "ok" and self._mode_dependent():
-            status = (f"{type(self.o.mg.module).__name__}.forward branches on self.training: "
-                      "a rewritten graph would be wrong in one of the modes")
+        status, reason = (Code.ALREADY_GATED, Code.ALREADY_GATED.message) if gated else (Code.OK, "")
+        if status is Code.OK and layout is None:
+            status, reason = Code.UNSUPPORTED_LAYOUT, f"unsupported layout: {why}"
+        if status is Code.OK and layout in ("nchw", "nhwc") and spatial and math.prod(spatial) == 1:
+            status, reason = Code.NOTHING_TO_SQUEEZE, Code.NOTHING_TO_SQUEEZE.message
+        if status is Code.OK and not self.o.mg.path:
+            status, reason = Code.MODEL_FORWARD, Code.MODEL_FORWARD.message
+        if status is Code.OK and self._mode_dependent():
+            status, reason = Code.MODE_DEPENDENT, f"{type(self.o.mg.module).__name__}.{Code.MODE_DEPENDENT.message}"
         site = Site(
             path=self.o.mg.path, kind=kind, node=n.name, channels=int(channels), layout=layout,
             spatial=tuple(int(s) for s in spatial), stage=self._stage(layout, spatial),
-            order=(self.o.mg.call.order, self.o.index[n]), status=status,
+            order=(self.o.mg.call.order, self.o.index[n]), status=status, reason=reason,
             fuse=fuse.name if fuse is not None else None, detail=detail, covered_by=covered_by, dilation=dilation)
         self.sites.append(site)
         return site
@@ -231,12 +234,12 @@ class _Finder:
                 shortcut = [t for t in terms if t is not branch]
                 detail = "shortcut: " + ", ".join("identity" if t is fork or o.depth(fork, t) == 0 else t.name for t in shortcut)
                 self.add_site("residual", core, fuse=n if direct else None,
-                              status="already gated" if gated else "ok", detail=detail, dilation=o.dilation(region))
+                              gated=gated, detail=detail, dilation=o.dilation(region))
             else:
                 for t in terms:
                     self.covered.update(dict.fromkeys(o.region(fork, t), n.name))
                 gated = o.is_gate(o.single_user(n)) if o.single_user(n) is not None else False
-                self.add_site("multibranch", n, status="already gated" if gated else "ok",
+                self.add_site("multibranch", n, gated=gated,
                               detail=f"{len(terms)} terms, {len(tops)} learned branches")
         # our own fused SE (se(x, shortcut)) replaced an add: report it as gated, do not add again
         for n in o.mg.graph.nodes:
@@ -244,7 +247,7 @@ class _Finder:
             if isinstance(m, SqueezeExcite) and len(n.args) + len(n.kwargs) >= 2:
                 x = n.args[0]
                 if isinstance(x, fx.Node):
-                    self.add_site("residual", x, status="already gated", detail=f"by {n.target}")
+                    self.add_site("residual", x, gated=True, detail=f"by {n.target}")
 
     def concats(self) -> None:
         o = self.o
@@ -271,20 +274,19 @@ class _Finder:
             learned = sum(d > 0 for d in depths)
             parallel = sum(d > 0 for d in o.own_depths(fork, inputs))
             gated = user is not None and o.is_gate(user)
-            status = "already gated" if gated else "ok"
             covered_by = self.covered.get(n)  # on a residual branch (Inception-ResNet): that site may gate it
             if carried and learned >= 1 and self._splits(fork, n, inputs):
-                site = self.add_site("split", n, status=status, detail=f"{len(inputs)} parts, {learned} learned",
+                site = self.add_site("split", n, gated=gated, detail=f"{len(inputs)} parts, {learned} learned",
                                      channel_dim=dim, covered_by=covered_by)
                 if site is not None:
                     self.branch_modules[site] = {
                         f"{o.mg.path}.{r.target}" if o.mg.path else r.target
                         for i, d in zip(inputs, depths) if d > 0 for r in o.region(fork, i) if r.op == "call_module"}
             elif carried and learned >= 1:
-                self.add_site("concat", n, status=status, detail=f"{len(inputs)} inputs, input carried forward",
+                self.add_site("concat", n, gated=gated, detail=f"{len(inputs)} inputs, input carried forward",
                               channel_dim=dim, covered_by=covered_by)
             elif parallel >= 2:
-                self.add_site("inception", n, status=status, detail=f"{len(inputs)} branches, {parallel} learned",
+                self.add_site("inception", n, gated=gated, detail=f"{len(inputs)} branches, {parallel} learned",
                               channel_dim=dim, covered_by=covered_by)
 
     def _splits(self, fork: object, n: fx.Node, inputs: list[fx.Node]) -> bool:
@@ -319,7 +321,7 @@ class _Finder:
             end = o.skip_forward(n)
             user = o.single_user(end)
             gated = user is not None and o.is_gate(user)
-            self.add_site("conv", end, status="already gated" if gated else "ok",
+            self.add_site("conv", end, gated=gated,
                           detail=f"{prev.name} -> {n.name}")
 
 
@@ -331,7 +333,7 @@ def find_sites(traced: TracedModel) -> list[Site]:
     for mg in traced.owners():
         if any(f"{mg.path}.".startswith(g) for g in gates):
             continue  # the inside of an existing gate (EfficientNet's SE convs) is no place for another
-        finder = _Finder(OwnerGraph(mg), traced)
+        finder = _Finder(GraphFacts(mg), traced)
         finder.residuals()
         finder.concats()
         finder.convs()
@@ -344,7 +346,7 @@ def find_sites(traced: TracedModel) -> list[Site]:
 def _cover_splits(sites: list[Site], branches: dict[Site, set[str]]) -> list[Site]:
     """A split whose learned branch runs modules that own sites of their own (CSPNet: a stage of
     residual blocks between split and concat) is covered by those, as a concat on a residual branch is."""
-    inner = [s for s in sites if s.kind in ("residual", "multibranch", "inception") and s.status == "ok"]
+    inner = [s for s in sites if s.kind in ("residual", "multibranch", "inception") and s.status is Code.OK]
     out = []
     for site in sites:
         modules = branches.get(site)

@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.utils._pytree as pytree
 from torch import nn
 
+from ._torch_compat import drop_dotted_wraps, pytree, qualified_name
 from .errors import TraceError
-from .shapes import (BACKENDS, GRAPH_CONSTANTS, Call, annotate_shapes, check_input_size, default_input_size, eval_mode,
+from .operators import is_learned
+from .shapes import (BACKENDS, Call, annotate_shapes, check_input_size, default_input_size, eval_mode,
                      expected_input, first_line, forward_shapes, model_device, record_calls, shapes_of)
 
 __all__ = ["ForwardError", "ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent", "clean_wrapped_calls",
@@ -49,6 +50,7 @@ class ModuleGraph:
     graph: fx.Graph | None = None
     error: str | None = None      # why tracing or interpretation failed
     call: Call | None = None
+    constants: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors fx made constants of
 
     @property
     def ok(self) -> bool:
@@ -132,13 +134,14 @@ def _concrete_args(module: nn.Module, call: Call | None, *, keep_sizes: bool = T
     return concrete or None
 
 
-def trace_module(module: nn.Module, call: Call | None = None) -> fx.Graph:
-    """``module``'s own forward as an fx graph whose submodule calls are ``call_module`` leaves.
+def trace_module(module: nn.Module, call: Call | None = None) -> tuple[fx.Graph, dict[str, torch.Tensor]]:
+    """``module``'s own forward as an fx graph whose submodule calls are ``call_module`` leaves, and
+    the tensors that graph reads as constants.
 
     Size arguments stay arguments where fx can trace them so; a forward that branches on one is
     traced with it fixed. A tensor the forward builds from constants becomes a ``get_attr`` of a
     ``_tensor_constantN`` that fx sets on ``module``; it is taken off the user's module again and
-    kept on the graph (:func:`se_inject.shapes.graph_constants`): tracing leaves no mark on the model.
+    returned beside the graph (``ModuleGraph.constants``): tracing leaves no mark on the model.
     """
     before = set(vars(module))
     try:
@@ -153,8 +156,7 @@ def trace_module(module: nn.Module, call: Call | None = None) -> fx.Graph:
             graph = _OneLevelTracer(module).trace(module, concrete_args=concrete)
     finally:
         added = {k: module.__dict__.pop(k) for k in set(vars(module)) - before}
-    setattr(graph, GRAPH_CONSTANTS, added)
-    return clean_wrapped_calls(graph)
+    return clean_wrapped_calls(graph), added
 
 
 def clean_wrapped_calls(graph: fx.Graph) -> fx.Graph:
@@ -165,25 +167,11 @@ def clean_wrapped_calls(graph: fx.Graph) -> fx.Graph:
     specialised ``None`` argument), and that registration breaks every later fx trace in the
     process with a KeyError (torch 2.14). The call itself stays in the graph.
     """
-    _drop_dotted_wraps()
+    drop_dotted_wraps()
     for n in graph.nodes:
-        if n.meta.get("is_wrapped") and "." in _qualified_name(n.target):
+        if n.meta.get("is_wrapped") and "." in qualified_name(n.target):
             del n.meta["is_wrapped"]
     return graph
-
-
-def _qualified_name(target: Any) -> str:
-    try:
-        return fx.node._get_qualified_name(target)
-    except Exception:
-        return getattr(target, "__name__", "")
-
-
-def _drop_dotted_wraps() -> None:
-    """Remove registrations of dotted names (see :func:`trace_module`) that other code may have left."""
-    from torch.fx import _symbolic_trace as st
-    for key in [k for k in st._wrapped_fns_to_patch if "." in k[1]]:
-        del st._wrapped_fns_to_patch[key]
 
 
 def _same_graph(a: fx.Graph, b: fx.Graph) -> bool:
@@ -204,11 +192,10 @@ def _owner_mode(module: nn.Module, training: bool) -> Iterator[None]:
 def learned_paths(model: nn.Module) -> set[str]:
     """Paths of every module whose subtree holds a weight of 2+ dims (a conv, a linear layer)."""
     paths: set[str] = set()
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            parts = name.split(".")[:-1]
-            for i in range(len(parts) + 1):
-                paths.add(".".join(parts[:i]))
+    for name, m in model.named_modules():
+        if is_learned(m):
+            parts = name.split(".") if name else []
+            paths.update(".".join(parts[:i]) for i in range(len(parts) + 1))
     return paths
 
 
@@ -218,7 +205,7 @@ def _trace_owner(path: str, module: nn.Module, call: Call | None) -> ModuleGraph
         mg.error = "not called by the model's forward"
         return mg
     try:
-        mg.graph = trace_module(module, call)
+        mg.graph, mg.constants = trace_module(module, call)
     except Exception as e:  # any failure to trace this level: its children are still traced
         mg.error = f"fx cannot trace {type(module).__name__}.forward: {first_line(e)}"
     return mg
@@ -255,7 +242,7 @@ def is_mode_dependent(mg: ModuleGraph) -> bool:
     if not _reads_training(type(mg.module)):
         return False
     with _owner_mode(mg.module, not mg.module.training):
-        other = trace_module(mg.module, mg.call)
+        other, _ = trace_module(mg.module, mg.call)
     return not _same_graph(mg.graph, other)
 
 
@@ -306,7 +293,7 @@ def trace_model(model: nn.Module, input_size: tuple[int, ...] | None = None,
             mg = _trace_owner(path, module, calls.get(path))
             if mg.ok:
                 try:
-                    annotate_shapes(module, mg.graph, path, chosen, calls)
+                    annotate_shapes(module, mg.graph, path, chosen, calls, mg.constants)
                 except Exception as e:
                     mg.error = f"shape propagation failed in {type(module).__name__}: {first_line(e)}"
             graphs[path] = mg

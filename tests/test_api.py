@@ -67,6 +67,8 @@ def test_apply_twice_inserts_nothing(timm_model):
     assert list(twice.state_dict()) == list(once.state_dict())
     plan = se_inject.plan(once)
     assert not plan.placements and plan.skipped_by_reason() == {"already gated": 16}
+    from se_inject.codes import Code
+    assert plan.skipped_by_code() == {Code.ALREADY_GATED: 16}   # programs compare codes, not sentences
 
 
 @pytest.mark.parametrize("name", ["resnet50", "inception_v3", "inception_resnet_v2", "vgg11_bn", "convnext_tiny",
@@ -250,3 +252,18 @@ def test_policy_none_inserts_nothing_silently(timm_model):
         warnings.simplefilter("error")
         out = se_inject.apply(timm_model("resnet18"), "none")
     assert not any(isinstance(m, SqueezeExcite) for m in out.modules())
+
+
+def test_apply_takes_a_plan_and_does_not_trace_again(timm_model, monkeypatch):
+    model = timm_model("resnet18")
+    the_plan = se_inject.plan(model, r=8, exclude=["layer4.*"])
+    monkeypatch.setattr("se_inject.planner.trace_model", lambda *a, **k: pytest.fail("traced again"))
+    copied = se_inject.apply(model, the_plan)                  # a copy: the plan maps onto it by path
+    assert copied is not model and model.layer1[0].se is None           # timm's placeholder, untouched
+    assert [p.module_path for p in the_plan.placements] == [n for n, m in copied.named_modules()
+                                                               if isinstance(m, SqueezeExcite)]
+    assert se_inject.apply(model, the_plan, inplace=True) is model and model.layer1[0].se.reduced == 8
+    with pytest.raises(PolicyError, match="a plan is given, so the policy keys and input_size are decided"):
+        se_inject.apply(model, the_plan, r=4)
+    with pytest.raises(TraceError, match="this plan was made for another model"):
+        se_inject.apply(timm_model("resnet34"), the_plan)

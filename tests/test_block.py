@@ -83,3 +83,46 @@ def test_reduced_channels_matches_timm_make_divisible():
 def test_bad_options_say_what_is_allowed():
     with pytest.raises(ValueError, match="gate='softmax' is not one of sigmoid, hard_sigmoid"):
         SqueezeExcite(8, gate="softmax")
+
+
+def test_kernels_triton_on_cpu_is_a_one_line_error():
+    from se_inject import KernelError
+    se = SqueezeExcite(8, r=2, kernels="triton")
+    with pytest.raises(KernelError, match=r"kernels='triton'\): x is on cpu.*use kernels='auto' to fall back") as info:
+        se(torch.randn(2, 8, 4, 4))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_dispatch_keeps_pytorch_for_cpu_tracing_and_scripting(monkeypatch):
+    """The fused op is only for CUDA tensors in eager/compiled runs: CPU (auto), fx tracing,
+    TorchScript and export always see the PyTorch formulation."""
+    import se_inject.ops as ops
+
+    def fail(*a, **k):
+        raise AssertionError("the fused op was called")
+    monkeypatch.setattr(ops, "squeeze_excite", fail)
+    se = SqueezeExcite(8, r=2, post_act="relu")
+    x, r = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    se(x, r)
+    torch.fx.symbolic_trace(SqueezeExcite(8, r=2, kernels="triton"), concrete_args={"residual": None})
+    torch.jit.script(SqueezeExcite(8, r=2, kernels="triton"))(x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("spatial_dims,shape", [(1, (2, 8, 9)), (2, (2, 8, 5, 5)), (3, (2, 8, 3, 4, 4))])
+def test_any_rank_fx_traces_and_scripts(spatial_dims, shape):
+    se = SqueezeExcite(8, r=2, spatial_dims=spatial_dims)
+    x = torch.randn(shape)
+    expected = x * torch.sigmoid(se.fc2(torch.relu(se.fc1(x.mean(tuple(range(2, x.dim())))[:, :, None, None])))) \
+        .flatten(1)[(...,) + (None,) * spatial_dims]
+    torch.testing.assert_close(se(x), expected)
+    traced = torch.fx.symbolic_trace(se, concrete_args={"residual": None})
+    torch.testing.assert_close(traced(x), expected)
+    torch.testing.assert_close(torch.jit.script(se)(x), expected)
+
+
+def test_post_act_folds_the_relu_after_the_add():
+    se = SqueezeExcite(8, r=2, post_act="relu")
+    x, r = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(se(x, r), torch.relu(r + x * se.excitation(x)))

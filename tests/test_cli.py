@@ -1,10 +1,10 @@
-"""se_inject.cli: the commands as users type them (in-process, through main())."""
+"""se_inject_cli: the commands as users type them (in-process, through main())."""
 import subprocess
 import sys
 
 import torch
 
-from se_inject.cli import main
+from se_inject_cli import main
 
 
 def test_plan_prints_table_and_totals(capsys):
@@ -21,7 +21,7 @@ def test_plan_with_policy_and_set(capsys):
 def test_bad_override_is_one_line_exit_2(capsys):
     assert main(["plan", "resnet18", "--set", "rr=3"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "se-inject plan: PolicyError: paper: keyword override 'rr' is not a policy key (did you mean 'r'?)"
+    assert err.strip() == "se-inject plan: PolicyError: --set rr=3: key 'rr' is not a policy key (did you mean 'r'?)"
 
 
 def test_unknown_model(capsys):
@@ -47,7 +47,7 @@ def test_apply_to_missing_directory_fails_before_work(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "se_inject.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "se_inject_cli", "--help"], capture_output=True, text=True, check=True)
     assert "plan" in out.stdout and "apply" in out.stdout
 
 
@@ -83,3 +83,21 @@ def test_written_files_follow_the_umask(tmp_path, capsys):
         assert out.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+def test_old_entry_point_still_works_and_says_where_to_go(capsys):
+    import pytest
+
+    from se_inject import cli as old
+    with pytest.deprecated_call(match="se_inject_cli"):
+        assert old.main(["policy"]) == 0
+    assert "paper-no-last-stage" in capsys.readouterr().out
+
+
+def test_export_shares_the_model_options(tmp_path, capsys):
+    """--set/--init/--divisor reach the plan, which is made at --input-size (issue 12)."""
+    out = tmp_path / "m.onnx"
+    assert main(["export", "resnet18", "--divisor", "8", "--set", "exclude=[layer4.*]", "--input-size", "3", "64", "64",
+                 "--no-check", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "layer1.0.se" in text and "layer4" not in text.split("SE blocks:")[1].split("\n")[0]

@@ -9,6 +9,7 @@ import pytest
 
 import backbones
 import se_inject
+import se_inject_cli
 import trainers
 
 
@@ -16,7 +17,7 @@ def _modules(package) -> list[str]:
     return [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
 
 
-@pytest.mark.parametrize("name", _modules(se_inject) + _modules(trainers) + _modules(backbones))
+@pytest.mark.parametrize("name", _modules(se_inject) + _modules(se_inject_cli) + _modules(trainers) + _modules(backbones))
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -3,6 +3,7 @@ from collections import Counter
 
 import pytest
 
+from se_inject.codes import Code
 from se_inject.sites import find_sites
 from se_inject.tracing import trace_model
 
@@ -58,10 +59,10 @@ def test_inception_resnet_concats_are_covered_by_their_residual_branch(timm_mode
 def test_existing_gates_are_reported_not_doubled(timm_model):
     sites = sites_of(timm_model("seresnet50"))
     residual = [s for s in sites if s.kind == "residual"]
-    assert len(residual) == 16 and all(s.status == "already gated" for s in residual)
+    assert len(residual) == 16 and all(s.status is Code.ALREADY_GATED for s in residual)
     # EfficientNet's SE sits mid-branch: the branch is gated; its own convs are not sites
     eff = sites_of(timm_model("efficientnet_b0"))
-    assert all(s.status == "already gated" for s in eff if s.kind == "residual")
+    assert all(s.status is Code.ALREADY_GATED for s in eff if s.kind == "residual")
     assert not any(".se" in s.path for s in eff)
 
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from se_inject import TraceError
-from se_inject.tracing import default_input_size, forward_shapes, trace_model
+from se_inject.tracing import trace_model
 
 
 def test_owner_graphs_keep_children_as_leaves(timm_model):
@@ -33,11 +33,6 @@ def test_model_on_meta_device_plans_without_memory():
     assert traced.backend == "meta" and traced.output_shapes == (1, 1000)
 
 
-def test_input_size_from_pretrained_cfg(timm_model):
-    assert default_input_size(timm_model("inception_v3")) == (3, 299, 299)
-    assert default_input_size(nn.Linear(2, 2)) == (3, 224, 224)
-
-
 class DataDependent(nn.Module):
     """Control flow on tensor values: fx cannot trace it, its children still can be."""
 
@@ -60,10 +55,6 @@ def test_untraceable_module_is_not_a_dead_end():
 def test_model_that_fails_its_forward_names_the_size(timm_model):
     with pytest.raises(TraceError, match=r"VisionTransformer fails its forward at input size \(3, 64, 64\): meta: .*224"):
         trace_model(timm_model("vit_tiny_patch16_224"), (3, 64, 64))
-
-
-def test_forward_shapes(timm_model):
-    assert forward_shapes(timm_model("resnet18"), (3, 64, 64)) == (1, 1000)
 
 
 class _TokensToMap(nn.Module):

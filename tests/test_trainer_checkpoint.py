@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 
 import pytest
 import torch
 
-from trainer_runs import REPO, assert_identical, command, env, run
+from trainer_runs import REPO, assert_identical, command, complete_steps, env, run
 from trainers.checkpoint import (EMA_FILE, MANIFEST_FILE, MODEL_FILE, STATE_FILE, find_latest, list_checkpoints,
                                  load_checkpoint, save_checkpoint)
-from trainers.errors import CheckpointError
+from trainers.errors import CheckpointError, CheckpointWriteError
 
 
 def _save(root, step, value=1.0, state=None):
@@ -123,3 +125,101 @@ def test_trainer_falls_back_on_auto_and_refuses_a_named_broken_checkpoint(tmp_pa
     # the redone step lands where the uninterrupted run did
     assert_identical(reference, load_file(str(out / "model.safetensors")), "model")
     assert load_checkpoint(out / "checkpoints" / "step-00000016").path.name == "step-00000016"
+
+
+# -- writes that fail: a full disk, an I/O error mid-checkpoint --------------------------------------------------
+
+def _enospc(*args, **kwargs):
+    import errno
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["trainers.checkpoint.torch.save", "trainers.checkpoint._fsync_dir", "os.replace"])
+def test_a_failed_write_leaves_the_previous_checkpoint_and_no_debris(tmp_path, monkeypatch, where):
+    first = save_checkpoint(tmp_path, 1, {"w": torch.ones(4)}, None, {"step": 1}, keep_last=1)
+    monkeypatch.setattr(where, _enospc)  # the model file is written by then: the failure is mid-checkpoint
+    with pytest.raises(CheckpointWriteError) as e:
+        save_checkpoint(tmp_path, 2, {"w": torch.zeros(4)}, None, {"step": 2}, keep_last=1)
+    monkeypatch.undo()
+    message = str(e.value)
+    assert re.fullmatch(rf"checkpoint {tmp_path}/step-00000002 not written \(No space left on device, [\d.]+ MB free "
+                        r"there\); step-00000001 is intact", message), message
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000001"]  # keep_last=1 removed nothing, no .tmp left
+    assert find_latest(tmp_path, pytest.fail).path == first
+
+
+def test_rewriting_a_step_keeps_the_old_one_if_the_new_one_cannot_be_moved_in(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 3, {"w": torch.ones(4)}, None, {"v": "old"})
+    real_replace = os.replace
+
+    def replace(src, dst):  # the old checkpoint may be moved aside, the new one not moved in
+        if ".tmp-" in str(src):
+            _enospc()
+        real_replace(src, dst)
+
+    monkeypatch.setattr("os.replace", replace)
+    with pytest.raises(CheckpointWriteError, match="step-00000003 is intact"):
+        save_checkpoint(tmp_path, 3, {"w": torch.zeros(4)}, None, {"v": "new"})
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "step-00000003").state == {"v": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000003"]
+
+
+def _small_run(out, *overrides):
+    from trainers import load_config
+    return load_config(None, [f"run.out_dir={out}", "run.epochs=1", "run.progress=false", "data.dataset=synthetic",
+                              "data.synthetic.train_samples=96", "data.synthetic.val_samples=16",
+                              "data.synthetic.size=[3,8,8]", "data.batch_size=16", "data.workers=0",
+                              "model.name=cifar_resnet8", "checkpoint.every_steps=2", "checkpoint.keep_last=1",
+                              *overrides])
+
+
+def _fail_write_number(monkeypatch, n: int) -> None:
+    """The n-th checkpoint this process writes from now on fails half-way (after its model file)."""
+    import trainers.checkpoint as ckpt
+    real, calls = ckpt.torch.save, []
+
+    def save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            _enospc()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", save)
+
+
+def test_a_run_stops_on_a_failed_checkpoint_write_by_default(tmp_path, monkeypatch):
+    from trainers.trainer import train  # not trainers.train: once imported, the submodule shadows the function
+    out = tmp_path / "run"
+    _fail_write_number(monkeypatch, 2)  # step 2 is written, step 4 is not
+    with pytest.raises(CheckpointWriteError) as e:
+        train(_small_run(out))
+    assert re.fullmatch(rf"checkpoint {out}/checkpoints/step-00000004 not written \(No space left on device, [\d.]+ MB "
+                        r"free there\); step-00000002 is intact: free space and run again with --resume auto, or set "
+                        r"checkpoint.on_write_error=continue", str(e.value)), str(e.value)
+    assert complete_steps(out) == [2] and not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_run_goes_on_past_a_failed_checkpoint_write_if_told_to(tmp_path, monkeypatch, capsys):
+    from trainers.trainer import train  # not trainers.train: once imported, the submodule shadows the function
+    out = tmp_path / "run"
+    _fail_write_number(monkeypatch, 2)
+    result = train(_small_run(out, "checkpoint.on_write_error=continue"))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "; step-00000002 is intact; training goes on (checkpoint.on_write_error=continue)")
+    assert result.num_updates == 6 and complete_steps(out) == [6]  # the next checkpoints were written
+    assert (out / "model.safetensors").exists()
+
+
+def test_final_weights_are_whole_or_not_there(tmp_path, monkeypatch):
+    from trainers.checkpoint import save_weights
+    target = tmp_path / "model.safetensors"
+    save_weights({"w": torch.ones(4)}, target)
+    monkeypatch.setattr("os.replace", _enospc)  # written beside it, never renamed into place
+    with pytest.raises(CheckpointWriteError, match=rf"^{target} not written \(No space left on device\); the newest "):
+        save_weights({"w": torch.zeros(4)}, target)
+    monkeypatch.undo()
+    from safetensors.torch import load_file
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert load_file(str(target))["w"].tolist() == [1.0] * 4  # the old weights, untouched

@@ -1,4 +1,4 @@
-"""trainers.commands.train: `se-inject train` runs the trainer and prints our errors as one line."""
+"""`se-inject train` (se_inject_cli.commands.train) runs the trainer and prints our errors as one line."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from se_inject import cli
-from se_inject.cli import COMMANDS
+import se_inject_cli.app as cli
+from se_inject_cli.app import COMMANDS
 
 
 def _all_commands_present() -> bool:
@@ -16,17 +16,17 @@ def _all_commands_present() -> bool:
 
 @pytest.fixture
 def cli_main(monkeypatch):
-    """``se_inject.cli.main`` with only the train command registered (the others belong to other modules)."""
+    """``se_inject_cli.main`` with only the train command registered (a smaller parser to build)."""
     monkeypatch.setattr(cli, "COMMANDS", {"train": COMMANDS["train"]})
     return cli.main
 
 
 def test_registered_in_the_cli():
-    assert COMMANDS["train"] == "trainers.commands.train"
+    assert COMMANDS["train"] == "se_inject_cli.commands.train"
 
 
 @pytest.mark.xfail(not _all_commands_present(), strict=True,
-                   reason="se_inject.cli lists command modules that are not on this branch yet")
+                   reason="se_inject_cli lists command modules that are not on this branch yet")
 def test_the_full_cli_builds_with_train():
     parser = cli.build_parser()
     assert "train" in parser._subparsers._group_actions[0].choices

@@ -93,3 +93,79 @@ def assert_identical(a: object, b: object, path: str = "") -> None:
             assert_identical(x, y, f"{path}[{i}]")
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+# -- launching the way a cluster does, and doing to the processes what a cluster does ---------------------------
+
+def torchrun(args: list[str], nproc: int = 2, launcher: tuple[str, ...] = (), script: str | None = None) -> list[str]:
+    """``torchrun --nproc_per_node N [launcher flags] -m trainers.train ARGS`` (or a test ``script`` instead)."""
+    if not any(flag.startswith(("--rdzv", "--standalone", "--master_port")) for flag in launcher):
+        launcher = ("--master_port", str(_free_port()), *launcher)
+    entry = [script] if script else ["-m", "trainers.train"]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *launcher, *entry, *args]
+
+
+class Launched:
+    """A trainer (or torchrun) process in its own session, its output in a file (a pipe nobody reads fills up)."""
+
+    def __init__(self, cmd: list[str], log: Path, prefix: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+                 ) -> None:
+        self.log = log
+        self._out = open(log, "wb")
+        self.proc = subprocess.Popen([*prefix, *cmd], cwd=REPO, env={**env(), **(extra_env or {})}, stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"still running after {timeout}s:\n{self.output()[-3000:]}") from None
+        finally:
+            self._out.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def wait_for_checkpoint(self, out_dir: Path, step: int, timeout: float = 120) -> int:
+        """Block until a complete checkpoint of step >= ``step`` exists; the newest complete step then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            steps = complete_steps(out_dir)
+            if steps and steps[0] >= step:
+                return steps[0]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited ({self.proc.returncode}) before step {step}:\n{self.output()[-3000:]}")
+            time.sleep(0.005)
+        self.kill()
+        raise AssertionError(f"no checkpoint of step {step} within {timeout}s")
+
+
+def complete_steps(out_dir: Path) -> list[int]:
+    """Steps of the complete checkpoints (manifest written) in ``out_dir``, newest first."""
+    return sorted((int(p.parent.name.split("-")[1]) for p in (out_dir / "checkpoints").glob("step-*/manifest.json")),
+                  reverse=True)
+
+
+def worker_pid(agent_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker with ``RANK=rank`` (a child of the agent), read from /proc."""
+    children = []
+    for task in Path(f"/proc/{agent_pid}/task").iterdir():
+        children += (task / "children").read_text().split()
+    for child in children:
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(child)
+    raise AssertionError(f"torchrun {agent_pid} has no worker of rank {rank} (children {children})")

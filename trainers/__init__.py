@@ -5,19 +5,20 @@
     >>> result = train(cfg)                                      # doctest: +SKIP
 
 From the shell: ``python -m trainers.train``, ``torchrun --nproc_per_node=N -m trainers.train`` or
-``se-inject train``. See ``trainers/README.md``.
+``se-inject train``. See the README's Training and Reliability sections.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from .config import TrainConfig, load_config
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, CheckpointWriteError, ConfigError, DataError, ExitStatus, NonFiniteError, Preempted
 
 if TYPE_CHECKING:
     from .trainer import RunResult
 
-__all__ = ["TrainConfig", "load_config", "train", "ConfigError", "CheckpointError", "DataError"]
+__all__ = ["TrainConfig", "load_config", "train", "ConfigError", "CheckpointError", "CheckpointWriteError", "DataError",
+           "NonFiniteError", "Preempted", "ExitStatus"]
 
 
 def train(cfg: TrainConfig) -> "RunResult":

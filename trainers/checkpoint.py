@@ -11,7 +11,9 @@ One checkpoint is a directory ``<out_dir>/checkpoints/step-<optimizer step>/``::
 
 It is written into a temporary sibling directory, each file fsync'ed, then renamed into place with
 ``os.replace``; older checkpoints are deleted only after that, keeping ``keep_last``. A kill at any
-moment leaves the previous good checkpoint intact.
+moment leaves the previous good checkpoint intact. A write that fails (a full disk, an I/O error)
+removes its temporary directory and raises a one-line :class:`CheckpointWriteError` naming the
+checkpoint that is still there; nothing older is deleted.
 
     >>> import torch, tempfile
     >>> root = Path(tempfile.mkdtemp())
@@ -33,9 +35,12 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from se_inject.errors import first_line
+from se_inject.files import write_atomically
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "find_latest", "MODEL_FILE",
+from .errors import CheckpointError, CheckpointWriteError
+
+__all__ = ["Checkpoint", "save_checkpoint", "save_weights", "load_checkpoint", "list_checkpoints", "find_latest", "MODEL_FILE",
            "EMA_FILE", "STATE_FILE", "MANIFEST_FILE"]
 
 MODEL_FILE, EMA_FILE, STATE_FILE, MANIFEST_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt", "manifest.json"
@@ -79,17 +84,36 @@ def _cpu_contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor],
                     ema_state: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any],
                     keep_last: int = 2) -> Path:
-    """Write checkpoint ``step-<step>`` under ``root`` atomically; keep the newest ``keep_last``. Returns its path."""
-    from safetensors.torch import save_file
+    """Write checkpoint ``step-<step>`` under ``root`` atomically; keep the newest ``keep_last``. Returns its path.
 
+    Raises :class:`CheckpointWriteError` (the checkpoints already there untouched) if the write fails.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    files = {MODEL_FILE: model_state, EMA_FILE: ema_state}
-    for name, state in files.items():
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write_files(tmp, step, model_state, ema_state, trainer_state)
+        _move_into_place(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception):
+            raise CheckpointWriteError(_write_failure(root, final, e)) from None
+        raise
+    for old in list_checkpoints(root)[keep_last:]:  # only now: the new one is complete
+        shutil.rmtree(old, ignore_errors=True)
+    for stray in [*root.glob(".tmp-*"), *root.glob(".old-*")]:  # left by a run killed while writing; only rank 0 writes
+        shutil.rmtree(stray, ignore_errors=True)
+    return final
+
+
+def _write_files(tmp: Path, step: int, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
+                 trainer_state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    for name, state in {MODEL_FILE: model_state, EMA_FILE: ema_state}.items():
         if state is not None:
             save_file(_cpu_contiguous(state), str(tmp / name), metadata={"format": "pt"})
     torch.save(trainer_state, tmp / STATE_FILE)
@@ -101,17 +125,51 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     _fsync_file(tmp / MANIFEST_FILE)
     _fsync_dir(tmp)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """``tmp`` becomes ``final``; a checkpoint already named ``final`` is replaced only once ``tmp`` is in place."""
+    trash = None
     if final.exists():  # a stale or corrupt checkpoint of the same step (a run resumed from an older one)
-        trash = root / f".old-{final.name}-{os.getpid()}"
+        trash = final.parent / f".old-{final.name}-{os.getpid()}"
         os.replace(final, trash)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if trash is not None:
+            os.replace(trash, final)
+        raise
+    _fsync_dir(final.parent)
+    if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    for old in list_checkpoints(root)[keep_last:]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stray in root.glob(".tmp-*"):  # left by a run killed while writing; only rank 0 ever writes here
-        shutil.rmtree(stray, ignore_errors=True)
-    return final
+
+
+def _write_failure(root: Path, final: Path, e: Exception) -> str:
+    """One line: which checkpoint failed, why (with the free space: torch.save's own message hides ENOSPC), what is left."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+    try:
+        reason += f", {shutil.disk_usage(root).free / 2 ** 20:.1f} MB free there"
+    except OSError:
+        pass
+    complete = [p for p in list_checkpoints(root) if (p / MANIFEST_FILE).is_file()]
+    left = f"{complete[0].name} is intact" if complete else "there is no earlier checkpoint"
+    return f"checkpoint {final} not written ({reason}); {left}"
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``state`` as one safetensors file at ``path``, whole or not at all (written beside it, then renamed).
+
+    For the final weights of a run; :class:`CheckpointWriteError` if the write fails.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    try:
+        write_atomically(path, lambda tmp: save_file(_cpu_contiguous(state), tmp))
+    except Exception as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e, with_type=False)
+        raise CheckpointWriteError(f"{path} not written ({reason}); the newest checkpoint in {path.parent / 'checkpoints'} "
+                                   "holds these weights: free space and run again with --resume auto") from None
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -169,7 +227,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         state = torch.load(p / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # zipfile / unpickling errors of a damaged file
-        raise CheckpointError(f"checkpoint file {p / STATE_FILE} does not load ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint file {p / STATE_FILE} does not load ({first_line(e, with_type=False)})") from None
     return Checkpoint(p, model, ema, state)
 
 

@@ -22,9 +22,10 @@ import torch
 
 __all__ = ["FIELDS", "EMA_FIELDS", "MetricsWriter", "summary_table", "peak_memory_mb", "reset_peak_memory"]
 
-#: Columns of metrics.csv (and keys of each metrics.jsonl line). Errors are percentages.
+#: Columns of metrics.csv (and keys of each metrics.jsonl line). Errors are percentages; skipped_steps counts the
+#: steps of the epoch dropped for a non-finite loss or gradient (run.nonfinite=skip).
 FIELDS = ("epoch", "train_loss", "val_loss", "top1_err", "top5_err", "lr", "img_per_s", "epoch_time_s",
-          "peak_mem_mb", "num_updates")
+          "peak_mem_mb", "num_updates", "skipped_steps")
 EMA_FIELDS = ("ema_val_loss", "ema_top1_err", "ema_top5_err")
 
 

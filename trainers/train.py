@@ -4,7 +4,9 @@
     $ python -m trainers.train --config senet-paper --set data.root=/data/imagenet
     $ torchrun --nproc_per_node=2 -m trainers.train --config run.yaml --resume auto
 
-Errors in the config or a checkpoint are printed as one line (by rank 0) and exit with status 2.
+Errors in the config, the data or a checkpoint are printed as one line (by rank 0) and exit with
+status 2; a non-finite step with ``run.nonfinite=stop`` exits 3, a run stopped by SIGTERM or SIGUSR1
+(with its checkpoint written) exits 75: see :class:`trainers.errors.ExitStatus`.
 """
 from __future__ import annotations
 
@@ -24,15 +26,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: newest complete checkpoint in run.out_dir (or start fresh); or a checkpoint directory")
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_from_args(args: argparse.Namespace, prog: str = "") -> int:
+    """Train as ``args`` say; the exit status. A preemption or a non-finite stop is one line on stderr (rank 0)."""
     from .config import load_config
+    from .errors import ExitStatus, NonFiniteError, Preempted
     from .trainer import train
 
     overrides = list(args.overrides)
     if args.resume is not None:
         overrides.append(f"checkpoint.resume={args.resume}")
-    train(load_config(args.config, overrides))
-    return 0
+    cfg = load_config(args.config, overrides)
+    try:
+        train(cfg)
+    except (Preempted, NonFiniteError) as e:
+        _print_once(f"{prog}{type(e).__name__}: {e}")
+        return ExitStatus.PREEMPTED if isinstance(e, Preempted) else ExitStatus.NONFINITE
+    return ExitStatus.OK
+
+
+def _print_once(line: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # every rank stops the same way; one line is enough
+        print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_from_args(args)
-    except SEInjectError as e:
-        if os.environ.get("RANK", "0") == "0":  # every rank fails the same way; one line is enough
-            print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    except SEInjectError as e:  # every rank fails the same way
+        _print_once(f"{type(e).__name__}: {e}")
         return 2
 
 

@@ -7,6 +7,17 @@
 
 Launch it with ``python -m trainers.train`` (1 process), ``torchrun --nproc_per_node=N -m trainers.train``
 (N ranks) or ``se-inject train``; all three read the same config.
+
+What a cluster does to a run, and what the run does about it (the README's Reliability section):
+
+- torchrun restarts the worker group after a rank dies (``--max-restarts``): the restarted ranks
+  resume from the newest complete checkpoint by themselves (``TORCHELASTIC_RESTART_COUNT`` > 0).
+- SIGTERM / SIGUSR1 (:mod:`trainers.preemption`): every rank finishes its step, rank 0 writes one
+  checkpoint, and :class:`~trainers.errors.Preempted` ends the run (exit status 75).
+- a NaN/inf loss or gradient on any rank (``run.nonfinite``): the step is dropped everywhere, or the
+  last good state is checkpointed and :class:`~trainers.errors.NonFiniteError` ends the run.
+- a checkpoint that cannot be written (``checkpoint.on_write_error``): one line, the previous
+  checkpoint intact; the run stops or goes on.
 """
 from __future__ import annotations
 
@@ -22,18 +33,19 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_config
 from .data import load_datasets, make_loaders, resolve_input
-from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, setup_distributed,
-                          teardown_distributed)
-from .errors import CheckpointError, ConfigError
-from .factory import add_se, build_backbone, build_ema, build_loss, build_mixup, build_optimizer, build_scheduler
+from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, restart_hazard,
+                          setup_distributed, teardown_distributed)
+from .errors import CheckpointError, CheckpointWriteError, ConfigError
+from .factory import (add_se, build_backbone, build_ema, build_loss, build_mixup, build_optimizer, build_scheduler,
+                      wrap_model)
 from .loop import EpochProgress, StepContext, evaluate, train_one_epoch
 from .metrics import MetricsWriter, peak_memory_mb, reset_peak_memory, summary_table
-from .rng import capture_rng, restore_rng, seed_everything, set_deterministic
-from .schema import to_dict
+from .preemption import PreemptionSignals
+from .resume import Checkpointing, log, warn
+from .rng import restore_rng, seed_everything, set_deterministic
 
 __all__ = ["train", "RunResult"]
 
-STATE_FORMAT = 1
 _AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -48,59 +60,26 @@ class RunResult:
     ema: nn.Module | None     # the EMA weights' model, when EMA is on
 
 
-def _log(d: DistInfo, message: str) -> None:
-    if d.is_main:
-        print(message, flush=True)
-
-
-def _warn(d: DistInfo, message: str) -> None:
-    if d.is_main:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
 def train(cfg: TrainConfig) -> RunResult:
     """Train as ``cfg`` says, in this process (one rank of a torchrun job, or alone)."""
     d = setup_distributed(cfg.run.device)
     try:
-        return _Run(cfg, d).run()
+        with PreemptionSignals() as signals:
+            return _Run(cfg, d, signals).run()
     finally:
         teardown_distributed()
 
 
-class _Run:
-    """The state of one run on one rank; ``run()`` is the whole life cycle."""
+class _Run(Checkpointing):
+    """The state of one run on one rank; ``run()`` is the whole life cycle (checkpoints, resume and
+    stops: :class:`trainers.resume.Checkpointing`)."""
 
-    def __init__(self, cfg: TrainConfig, d: DistInfo) -> None:
+    def __init__(self, cfg: TrainConfig, d: DistInfo, signals: PreemptionSignals | None = None) -> None:
         self.cfg, self.d = cfg, d
+        self.signals = signals or PreemptionSignals()
         self.out = Path(cfg.run.out_dir)
         self.ckpt_root = self.out / "checkpoints"
-
-    # -- setup -------------------------------------------------------------------------------
-    def _choose_checkpoint(self) -> ckpt.Checkpoint | None:
-        """Rank 0 picks (and verifies) the checkpoint to resume; every rank then loads that one."""
-        resume = self.cfg.checkpoint.resume
-        found: ckpt.Checkpoint | None = None
-        error: Exception | None = None
-        if self.d.is_main:
-            try:
-                if resume is None:
-                    if ckpt.list_checkpoints(self.ckpt_root):
-                        raise ConfigError(f"run.out_dir {self.out} already holds checkpoints; pass --resume auto to "
-                                          "continue that run, or choose another run.out_dir")
-                elif resume == "auto":
-                    found = ckpt.find_latest(self.ckpt_root, lambda m: _warn(self.d, m))
-                    if found is None:
-                        _log(self.d, f"resume auto: no checkpoint in {self.ckpt_root}, starting fresh")
-                else:
-                    found = ckpt.load_checkpoint(resume)
-            except (ConfigError, CheckpointError) as e:
-                error = e
-        choice, error = broadcast_object((str(found.path) if found else None, error))
-        if error is not None:
-            raise error
-        if self.d.is_main or choice is None:
-            return found
-        return ckpt.load_checkpoint(choice)
+        self.saved_step: int | None = None  # the step of the last checkpoint this process saw written
 
     def _setup(self) -> None:
         cfg, d = self.cfg, self.d
@@ -127,6 +106,9 @@ class _Run:
         if self.metrics is not None:
             self.metrics.rewrite(self.history)
         self._print_header()
+        hazard = restart_hazard()
+        if hazard:
+            warn(d, hazard)
         # Ranks share the initial weights (seeded above) but not their noise: dropout, mixup and random
         # erasing draw from seed + rank, as in timm's train.py.
         seed_everything(cfg.run.seed + d.rank)
@@ -185,77 +167,33 @@ class _Run:
                                       "set ema=null or resume a run trained with EMA")
             self.ema.module.load_state_dict(self.resume_from.ema)
 
-        wrapped: nn.Module = model
-        if d.distributed:
-            ids = [d.device.index] if d.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if cfg.run.compile:
-            wrapped = torch.compile(wrapped)
+        wrapped, graphs, note = wrap_model(cfg, model, d.device, d.distributed)
+        if note:
+            log(d, f"note: {note}")
         self.ctx = StepContext(
             model=wrapped, module=model, optimizer=self.optimizer, loss_fn=build_loss(cfg, mixup), device=d.device,
             scheduler=self.scheduler, per_step_schedule=cfg.sched.per_step, scaler=scaler, ema=self.ema, mixup=mixup,
             random_erasing=random_erasing, amp_dtype=_AMP[cfg.run.amp], channels_last=cfg.run.channels_last,
-            accum_steps=accum, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, world_size=d.world_size)
-
-    def _restore(self, c: ckpt.Checkpoint, model: nn.Module, scaler: Any) -> None:
-        state = c.state
-        if state.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"checkpoint file {c.path / ckpt.STATE_FILE} has format {state.get('format')}, "
-                                  f"this trainer reads {STATE_FORMAT}")
-        try:
-            model.load_state_dict(c.model)
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {c.path} does not fit this model/optimizer "
-                                  f"({str(e).splitlines()[0]}); resume with the config it was written with "
-                                  f"({self.out / 'run.yaml'})") from None
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
-        rank_state = state["ranks"][self.d.rank]
-        self.progress = EpochProgress.from_state(rank_state["progress"], self.d.device)
-        self.history = list(state["history"])
-        changed = _changed_keys(state.get("config", ""), self.cfg)
-        if changed:
-            _warn(self.d, f"resuming with a config that differs from the checkpoint's in {', '.join(changed)}")
+            accum_steps=accum, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, world_size=d.world_size,
+            nonfinite=cfg.run.nonfinite, stop_requested=self._stop_requested, cuda_graphs=graphs)
 
     def _print_header(self) -> None:
         cfg, d, data = self.cfg, self.d, self.data
         params = sum(p.numel() for p in self.module.parameters()) / 1e6
         se = f" + SE ({cfg.model.se.policy})" if cfg.model.se is not None else ""
         size = "x".join(str(s) for s in data.input_size)
-        _log(d, f"model {cfg.model.name}{se}: {params:.2f}M params | data {cfg.data.dataset}: {data.num_train} train / "
-                f"{data.num_val} val images, {size}, {data.num_classes} classes")
-        where = f"{d.world_size} rank{'s' if d.world_size > 1 else ''} ({d.backend or 'single process'}, {d.device.type})"
-        _log(d, f"{where} | global batch {self.global_batch} = {cfg.data.batch_size}/rank x {d.world_size} x "
+        where_data = f" on {d.device.type}" if cfg.data.on_device else ""
+        log(d, f"model {cfg.model.name}{se}: {params:.2f}M params | data {cfg.data.dataset}{where_data}: {data.num_train} "
+                f"train / {data.num_val} val images, {size}, {data.num_classes} classes")
+        nodes = f" on {d.nodes} nodes" if d.nodes > 1 else ""
+        where = f"{d.world_size} rank{'s' if d.world_size > 1 else ''}{nodes} ({d.backend or 'single process'}, {d.device.type})"
+        log(d, f"{where} | global batch {self.global_batch} = {cfg.data.batch_size}/rank x {d.world_size} x "
                 f"{cfg.optim.accum_steps} accum | lr {self.optimizer.param_groups[0]['lr']:.4g} | "
                 f"{self.updates_per_epoch} steps/epoch x {cfg.run.epochs} epochs | out {self.out}")
         if self.resume_from is not None:
             p = self.progress
-            _log(d, f"resumed from {self.resume_from.path} at epoch {p.epoch}, batch {p.batch}/{self.num_batches} "
+            log(d, f"resumed from {self.resume_from.path} at epoch {p.epoch}, batch {p.batch}/{self.num_batches} "
                     f"(step {p.num_updates})")
-
-    # -- checkpoints ---------------------------------------------------------------------------
-    def _save(self, progress: EpochProgress) -> None:
-        per_rank = all_gather_objects({"rng": capture_rng(), "progress": progress.to_state()})
-        if not self.d.is_main:
-            return
-        state = {
-            "format": STATE_FORMAT, "world_size": self.d.world_size,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else None,
-            "ranks": per_rank, "history": self.history, "config": dump_config(self.cfg),
-        }
-        ema = self.ema.module.state_dict() if self.ema is not None else None
-        ckpt.save_checkpoint(self.ckpt_root, progress.num_updates, self.module.state_dict(), ema, state,
-                             keep_last=self.cfg.checkpoint.keep_last)
-
-    def _on_update(self, progress: EpochProgress) -> None:
-        every = self.cfg.checkpoint.every_steps
-        if every and progress.num_updates % every == 0 and progress.batch < self.num_batches:
-            self._save(progress)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -271,10 +209,12 @@ class _Run:
             bar = tqdm(total=self.num_batches, initial=p.batch, desc=f"epoch {p.epoch}", unit="batch",
                        dynamic_ncols=True, leave=False, file=sys.stderr) if (d.is_main and cfg.run.progress) else None
             time_before = p.train_time
-            train_one_epoch(self.ctx, self.data.train_loader, p, self.num_batches, on_update=self._on_update, bar=bar,
-                            log_every=cfg.run.log_every)
+            halt = train_one_epoch(self.ctx, self.data.train_loader, p, self.num_batches, on_update=self._on_update,
+                                   on_skip=self._on_skip, bar=bar, log_every=cfg.run.log_every)
             if bar is not None:
                 bar.close()
+            if halt is not None:
+                self._halt(halt, p)
             if d.distributed and cfg.run.dist_bn != "none":
                 # DDP keeps parameters in sync, not BN running stats (each rank updates its own)
                 from timm.utils import distribute_bn
@@ -285,10 +225,12 @@ class _Run:
             self.history.append(record)
             if self.metrics is not None:
                 self.metrics.append(record)
-            _log(d, _epoch_line(record))
-            p.epoch, p.batch, p.samples, p.train_time = p.epoch + 1, 0, 0, 0.0
+            log(d, _epoch_line(record))
+            p.epoch, p.batch, p.samples, p.train_time, p.skipped_steps = p.epoch + 1, 0, 0, 0.0, 0
             p.loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
             self._save(p)
+            if p.epoch < cfg.run.epochs and self._stop_agreed():  # signalled during evaluation or the checkpoint
+                self._preempted(p)
         return self._finish()
 
     def _epoch_record(self, p: EpochProgress, other_time: float) -> dict[str, Any]:
@@ -315,19 +257,24 @@ class _Run:
             "epoch_time_s": p.train_time + other_time + eval_time,
             "peak_mem_mb": max(all_gather_objects(peak_memory_mb(d.device))),
             "num_updates": p.num_updates,
+            "skipped_steps": p.skipped_steps,
         })
         return record
 
     def _finish(self) -> RunResult:
-        from safetensors.torch import save_file
-
         d = self.d
+        error = None
         if d.is_main:
-            weights = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-            save_file(weights, str(self.out / "model.safetensors"))
-            if self.ema is not None:
-                save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()},
-                          str(self.out / "ema.safetensors"))
+            try:
+                ckpt.save_weights(self.module.state_dict(), self.out / "model.safetensors")
+                if self.ema is not None:
+                    ckpt.save_weights(self.ema.module.state_dict(), self.out / "ema.safetensors")
+            except CheckpointWriteError as e:
+                error = str(e)
+        error = broadcast_object(error)
+        if error is not None:
+            raise CheckpointWriteError(error)
+        if d.is_main:
             if self.metrics is not None:
                 self.metrics.close()
             print(summary_table(self.history), flush=True)
@@ -348,28 +295,7 @@ def _epoch_line(r: dict[str, Any]) -> str:
         parts += [f"val_loss {r['val_loss']:.4f}", f"top1_err {r['top1_err']:.2f}%", f"top5_err {r['top5_err']:.2f}%"]
     if r.get("ema_top1_err") is not None:
         parts.append(f"ema_top1_err {r['ema_top1_err']:.2f}%")
+    if r.get("skipped_steps"):
+        parts.append(f"{r['skipped_steps']} non-finite step{'s' if r['skipped_steps'] > 1 else ''} skipped")
     parts += [f"lr {r['lr']:.4g}", f"{r['img_per_s']:.0f} img/s", f"{r['epoch_time_s']:.1f}s"]
     return " | ".join(parts)
-
-
-#: keys whose change between a checkpoint and its resume is expected (length, logging, where to resume from).
-_FREE_KEYS = ("run.epochs", "run.progress", "run.log_every", "run.tensorboard", "checkpoint.")
-
-
-def _changed_keys(saved_yaml: str, cfg: TrainConfig) -> list[str]:
-    import yaml
-    if not saved_yaml:
-        return []
-
-    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in (tree or {}).items():
-            if isinstance(v, dict) and v:
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    old, new = flat(yaml.safe_load(saved_yaml)), flat(to_dict(cfg))
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return [k for k in keys if not k.startswith(_FREE_KEYS)]

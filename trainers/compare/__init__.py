@@ -13,15 +13,33 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .report import write_report
-from .runner import run_matrix
+from typing import TYPE_CHECKING, Any
+
 from .spec import CompareError, CompareSpec, load_spec
+
+if TYPE_CHECKING:
+    from .report import write_report
+    from .runner import run_matrix
 
 __all__ = ["run_comparison", "load_spec", "write_report", "run_matrix", "CompareSpec", "CompareError"]
 
 
+def __getattr__(name: str) -> Any:
+    """``write_report`` and ``run_matrix`` load on first use: the report imports torch and matplotlib,
+    which ``se-inject --help`` and ``--dry-run`` do not need."""
+    if name == "write_report":
+        from .report import write_report
+        return write_report
+    if name == "run_matrix":
+        from .runner import run_matrix
+        return run_matrix
+    raise AttributeError(f"module 'trainers.compare' has no attribute {name!r}")
+
+
 def run_comparison(path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, echo=print) -> Path:
     """Validate ``path``, train what is not finished, write the report; returns report.md's path."""
+    from .report import write_report
+    from .runner import run_matrix
     spec = load_spec(path, out_dir)
     run_matrix(spec, echo)
     return write_report(spec.out_dir, title=spec.name)

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .runner import ERROR, META, status_of
+from .runner import ERROR, META, RunState, status_of
 
-__all__ = ["collect", "write_report", "RunRecord"]
+__all__ = ["collect", "write_report", "RunRecord", "Difference"]
 
 
 @dataclass
@@ -36,7 +36,7 @@ class RunRecord:
     variant: str
     se: dict[str, Any] | None
     seed: int
-    state: str
+    state: RunState
     history: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
     order: int = 0            # the variant's position in the comparison file
@@ -72,15 +72,73 @@ def _fmt_err(mean: float, std: float) -> str:
     return f"{mean:.2f}" + (f" ± {std:.2f}" if not math.isnan(std) else "")
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A variant's mean minus its baseline's, over seeds, and whether it stands out of seed noise:
+    ``|delta| >= 2`` standard errors of the difference (Welch's, from each side's variance over seeds).
+
+        >>> d = Difference.of([9.6, 9.5, 9.7], [9.2, 9.0, 9.4])
+        >>> round(d.delta, 2), round(d.two_se, 2), d.outside_noise, d.verdict()
+        (0.4, 0.26, True, 'higher error by 0.40 points: outside seed noise (2 SE = 0.26, 3 vs 3 seeds)')
+        >>> Difference.of([9.3, 9.1], [9.2, 9.0]).verdict()
+        'higher error by 0.10 points: within seed noise (2 SE = 0.28, 2 vs 2 seeds)'
+    """
+    delta: float
+    two_se: float             # nan with fewer than 2 seeds on a side
+    n: int
+    n_base: int
+
+    @classmethod
+    def of(cls, v: list[float], b: list[float]) -> "Difference":
+        d = statistics.fmean(v) - statistics.fmean(b)
+        if len(v) < 2 or len(b) < 2:
+            return cls(d, math.nan, len(v), len(b))
+        return cls(d, 2 * math.sqrt(statistics.variance(v) / len(v) + statistics.variance(b) / len(b)), len(v), len(b))
+
+    @property
+    def outside_noise(self) -> bool | None:
+        return None if math.isnan(self.two_se) else abs(self.delta) >= self.two_se
+
+    def bracket(self) -> str:
+        """``(−0.31)``, ``(−0.31 ≈)`` within noise, ``(−0.31, n=1)``: the table's form."""
+        if self.outside_noise is None:
+            return f" ({self.delta:+.2f}, n=1)"
+        return f" ({self.delta:+.2f}{'' if self.outside_noise else ' ≈'})"
+
+    def verdict(self) -> str:
+        way = "lower" if self.delta < 0 else "higher"
+        seeds = f"{self.n} vs {self.n_base} seeds"
+        if self.outside_noise is None:
+            return f"{way} error by {abs(self.delta):.2f} points: noise unknown ({seeds}; needs 2 seeds a side)"
+        where = "outside" if self.outside_noise else "within"
+        return f"{way} error by {abs(self.delta):.2f} points: {where} seed noise (2 SE = {self.two_se:.2f}, {seeds})"
+
+
 def _delta(v: list[float], b: list[float]) -> str:
     """``(−0.31)`` or ``(−0.31 ≈)`` when within noise (|Δ| < 2 standard errors), ``(−0.31, n=1)``."""
-    if not v or not b:
-        return ""
-    d = statistics.fmean(v) - statistics.fmean(b)
-    if len(v) < 2 or len(b) < 2:
-        return f" ({d:+.2f}, n=1)"
-    se = math.sqrt(statistics.variance(v) / len(v) + statistics.variance(b) / len(b))
-    return f" ({d:+.2f}{' ≈' if abs(d) < 2 * se else ''})"
+    return Difference.of(v, b).bracket() if v and b else ""
+
+
+def _verdicts(groups: dict[tuple[str, str], list[RunRecord]], baselines: dict[str, str]) -> list[str]:
+    """Per backbone: does each SE variant's top-1 error differ from the baseline's beyond seed noise, which way?"""
+    lines = []
+    for backbone, base in baselines.items():
+        b = [r.final["top1_err"] for r in groups[(backbone, base)] if r.state is RunState.DONE]
+        parts = []
+        for (bb, variant), runs in groups.items():
+            v = [r.final["top1_err"] for r in runs if r.state is RunState.DONE]
+            if bb != backbone or runs[0].se is None or not v or not b:
+                continue
+            d = Difference.of(v, b)
+            better = "" if not d.outside_noise else (" **SE helps**" if d.delta < 0 else " **SE hurts**")
+            parts.append(f"{variant}:{better} {d.verdict()}")
+        if parts:
+            lines.append(f"- **{backbone}** (vs {base}): " + "; ".join(parts))
+    if not lines:
+        return []
+    return ["## SE vs the baseline, per backbone (top-1 error, last epoch)", "",
+            "Outside seed noise: |Δ| at least twice the standard error of the difference of the means over seeds.", "",
+            *lines, ""]
 
 
 @dataclass
@@ -151,7 +209,7 @@ def _curves(groups: dict[tuple[str, str], list[RunRecord]], backbone: str, path:
 
 def _r_ablation(rows: list[dict[str, Any]], backbone: str) -> list[str]:
     """Table 5: error and model size per reduction ratio, 'original' = the baseline."""
-    se_rows = [r for r in rows if r["backbone"] == backbone and r["se"] is not None and r["state"] == "ok"]
+    se_rows = [r for r in rows if r["backbone"] == backbone and r["se"] is not None and r["state"] is RunState.DONE]
     by_policy: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in se_rows:
         by_policy[str(r["se"].get("policy", "paper"))].append(r)
@@ -162,7 +220,7 @@ def _r_ablation(rows: list[dict[str, Any]], backbone: str) -> list[str]:
              "| r | top-1 err. | top-5 err. | params | size (MB) |", "|---|---|---|---|---|"]
     for r in sorted(group, key=lambda x: x["r"]):
         lines.append(f"| {r['r']:g} | {r['top1']} | {r['top5']} | {r['params']} | {r['size_mb']} |")
-    base = next((r for r in rows if r["backbone"] == backbone and r["se"] is None and r["state"] == "ok"), None)
+    base = next((r for r in rows if r["backbone"] == backbone and r["se"] is None and r["state"] is RunState.DONE), None)
     if base:
         lines.append(f"| original | {base['top1']} | {base['top5']} | {base['params']} | {base['size_mb']} |")
     return lines + [""]
@@ -193,17 +251,18 @@ def write_report(root: str | os.PathLike[str], *, title: str | None = None, late
     baselines = {b: v for (b, v), rs in groups.items() if rs[0].se is None}
     rows = []
     for (backbone, variant), runs in groups.items():
-        ok = [r for r in runs if r.state == "done"]
+        ok = [r for r in runs if r.state is RunState.DONE]
         top1 = [r.final["top1_err"] for r in ok]
         top5 = [r.final["top5_err"] for r in ok]
-        base_runs = [r for r in groups.get((backbone, baselines.get(backbone, "")), []) if r.state == "done"]
+        base_runs = [r for r in groups.get((backbone, baselines.get(backbone, "")), []) if r.state is RunState.DONE]
         stats = _model_stats(ok[0].out_dir) if ok else None
         speed = [statistics.fmean(h["img_per_s"] for h in r.history) for r in ok if r.history]
-        failed = [r for r in runs if r.state == "failed"]
+        failed = [r for r in runs if r.state is RunState.FAILED]
         se = runs[0].se
         rows.append({
             "backbone": backbone, "variant": variant, "se": se, "r": (se or {}).get("r", 16) if se else None,
-            "state": "ok" if ok else ("failed" if failed else "running"),
+            # the variant's row: done when a seed finished, failed when all that ended failed, else unfinished
+            "state": RunState.DONE if ok else (RunState.FAILED if failed else runs[0].state),
             "top1": _fmt_err(*_mean_std(top1)) + ("" if se is None else _delta(top1, [r.final["top1_err"] for r in base_runs])),
             "top5": _fmt_err(*_mean_std(top5)) + ("" if se is None else _delta(top5, [r.final["top5_err"] for r in base_runs])),
             "params": f"{stats.params / 1e6:.3f} M" if stats else "-",
@@ -223,14 +282,15 @@ def write_report(root: str | os.PathLike[str], *, title: str | None = None, late
              "| backbone | variant | top-1 err. | top-5 err. | params | GMACs | size (MB) | train img/s | latency (ms) | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["state"] == "failed":
+        if r["state"] is RunState.FAILED:
             lines.append(f"| {r['backbone']} | {r['variant']} | **failed**: {r['error']} | | | | | | | {r['seeds']} |")
         else:
             lines.append(f"| {r['backbone']} | {r['variant']} | {r['top1']} | {r['top5']} | {r['params']} | {r['macs']} | "
                          f"{r['size_mb']} | {r['speed']} | {r['latency']} | {r['seeds']} |")
-        if r["state"] == "ok" and r["error"]:
+        if r["state"] is RunState.DONE and r["error"]:
             lines.append(f"| | | *{r['error']}* | | | | | | | |")
     lines.append("")
+    lines += _verdicts(groups, baselines)
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         lines += _r_ablation(rows, backbone)
         png = _curves(groups, backbone, root / f"curves_{backbone.replace(':', '_')}.png")

@@ -10,10 +10,10 @@ HELP = "train a backbone (plain or with SE) from a YAML config, on 1 process or 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..train import add_arguments as add
+    from trainers.train import add_arguments as add  # argparse only: the trainer loads in run()
     add(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import run_from_args  # torch, timm and the trainer load only now
-    return run_from_args(args)
+    from trainers.train import run_from_args  # torch, timm and the trainer load only now
+    return run_from_args(args, prog="se-inject train: ")

@@ -1,11 +1,12 @@
 """What the nodes of one owner's graph are, and how they relate: the facts site detection reads.
 
-Registries of operator kinds (as data: adding one is a line) and :class:`OwnerGraph`, the networkx
-view of an owner's fx graph with its dominators, branch regions and learned-layer depths.
+:class:`GraphFacts`, the networkx view of an owner's fx graph with its dominators, branch regions and
+learned-layer depths; what each node is comes from :mod:`se_inject.operators`. (The rewritten
+module that runs a graph is another thing: :mod:`se_inject.graph_module`.)
 
     >>> import timm
     >>> from se_inject.tracing import trace_model
-    >>> g = OwnerGraph(trace_model(timm.create_model("resnet18")).graphs["layer2.0"])
+    >>> g = GraphFacts(trace_model(timm.create_model("resnet18")).graphs["layer2.0"])
     >>> add = next(n for n in g.mg.graph.nodes if g.is_add(n))
     >>> fork = g.idom[add]
     >>> fork.name, [g.depth(fork, t) for t in add.args]
@@ -26,10 +27,10 @@ from torch import nn
 from . import operators as ops
 from .tracing import ModuleGraph
 
-__all__ = ["OwnerGraph"]
+__all__ = ["GraphFacts"]
 
 @dataclass
-class OwnerGraph:
+class GraphFacts:
     """networkx view of one owner's graph, its dominator tree, and what each node is.
 
     A virtual root feeds every node without inputs (placeholders, constants), so that the immediate

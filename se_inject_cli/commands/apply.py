@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ._models import add_model_arguments, build_model, policy_overrides
+from ..options import add_model_arguments, apply_policy, build_model, resolve_policy
 
 HELP = "insert SE blocks into a backbone and save the model (.pt, torch.save) or its weights (.safetensors)"
 
@@ -28,13 +28,11 @@ def _check_writable(path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import se_inject
     from se_inject.files import write_atomically
     out = Path(args.output)
     _check_writable(out)
-    model = build_model(args)
-    plan = se_inject.plan(model, args.policy, input_size=args.input_size, count_flops=False, **policy_overrides(args))
-    model = se_inject.apply(model, plan.policy, input_size=args.input_size, inplace=True)
+    policy = resolve_policy(args)   # a bad key or value fails before the model is built
+    model, plan = apply_policy(build_model(args), args, policy=policy)   # traced once
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
         state = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -1,4 +1,4 @@
-"""``se-inject compare --config compare.yaml``: train baseline and SE variants, then write the report."""
+"""``python -m trainers.compare`` and ``se-inject compare``: train baseline and SE variants, then write the report."""
 from __future__ import annotations
 
 import argparse
@@ -15,15 +15,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trainers.compare import load_spec, run_matrix, write_report
-    from trainers.compare.runner import status_of
+    from trainers.compare.runner import RunState, launch_plan, status_of
     spec = load_spec(args.config, args.out)
     if args.dry_run:
         for r in spec.runs:
             print(f"{r.key:50s} {status_of(r.out_dir):12s} {r.out_dir}")
+        print(f"{len(spec.runs)} runs; launch here: {launch_plan(spec).describe()}")
         return 0
     statuses = run_matrix(spec)
     report = write_report(spec.out_dir, title=spec.name)
-    failed = [s for s in statuses if s.state == "failed"]
+    failed = [s for s in statuses if s.state is RunState.FAILED]
     print(f"report: {report}" + (f" ({len(failed)} run(s) failed, shown in the report)" if failed else ""))
     return 1 if failed else 0
 

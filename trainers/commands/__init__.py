@@ -1,1 +1,0 @@
-"""se-inject sub-commands provided by the trainer (registered in ``se_inject.cli.COMMANDS``)."""

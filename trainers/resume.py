@@ -1,0 +1,207 @@
+"""Checkpoints, resume and stops of a training run: the part of :class:`trainers.trainer._Run` that
+decides which checkpoint to start from, writes them (rank 0, every rank told the outcome), and ends
+a run that must stop (preemption, a non-finite step) with the one checkpoint that lets it continue.
+
+    >>> changed_keys("run: {epochs: 3, seed: 1}", {"run": {"epochs": 5, "seed": 2}})   # epochs may change on resume
+    ['run.seed']
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from se_inject.errors import first_line
+
+from . import checkpoint as ckpt
+from .config import dump_config
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
+from .errors import CheckpointError, CheckpointWriteError, ConfigError, NonFiniteError, Preempted
+from .loop import EpochProgress, Halt, Stopped
+from .rng import capture_rng
+from se_inject.schema import to_dict
+
+__all__ = ["Checkpointing", "STATE_FORMAT", "changed_keys", "elastic_restart", "log", "warn"]
+
+STATE_FORMAT = 1
+
+
+def log(d: DistInfo, message: str) -> None:
+    if d.is_main:
+        print(message, flush=True)
+
+
+def warn(d: DistInfo, message: str) -> None:
+    if d.is_main:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def elastic_restart() -> int:
+    """How many times torchrun's agent has restarted this worker group (0: the first start, or no torchrun)."""
+    value = os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
+    return int(value) if value.isdigit() else 0
+
+
+
+
+class Checkpointing:
+    """Mixed into the run: needs ``cfg``, ``d``, ``out``, ``ckpt_root``, ``saved_step``, ``signals``,
+    ``optimizer``, ``scheduler``, ``ctx``, ``ema``, ``module``, ``history``, ``num_batches``."""
+
+    def _choose_checkpoint(self) -> ckpt.Checkpoint | None:
+        """Rank 0 picks (and verifies) the checkpoint to resume; every rank then loads that one."""
+        resume = self.cfg.checkpoint.resume
+        found: ckpt.Checkpoint | None = None
+        error: Exception | None = None
+        restart = elastic_restart()
+        if self.d.is_main:
+            try:
+                if restart and ckpt.list_checkpoints(self.ckpt_root):
+                    # torchrun restarted the group after a rank died: go on from where the checkpoints are
+                    found = ckpt.find_latest(self.ckpt_root, lambda m: warn(self.d, m))
+                    log(self.d, f"elastic restart {restart}: resuming from the newest complete checkpoint, {found.path}")
+                elif restart and resume != "auto":
+                    log(self.d, f"elastic restart {restart}: no checkpoint yet in {self.ckpt_root}, "
+                                 f"{'starting over' if resume is None else f'resuming from {resume} again'}")
+                    found = ckpt.load_checkpoint(resume) if resume is not None else None
+                elif resume is None:
+                    if ckpt.list_checkpoints(self.ckpt_root):
+                        raise ConfigError(f"run.out_dir {self.out} already holds checkpoints; pass --resume auto to "
+                                          "continue that run, or choose another run.out_dir")
+                elif resume == "auto":
+                    found = ckpt.find_latest(self.ckpt_root, lambda m: warn(self.d, m))
+                    if found is None:
+                        log(self.d, f"resume auto: no checkpoint in {self.ckpt_root}, starting fresh")
+                else:
+                    found = ckpt.load_checkpoint(resume)
+            except (ConfigError, CheckpointError) as e:
+                error = e
+        choice, error = broadcast_object((str(found.path) if found else None, error))
+        if error is not None:
+            raise error
+        if self.d.is_main or choice is None:
+            return found
+        return ckpt.load_checkpoint(choice)
+
+    def _restore(self, c: ckpt.Checkpoint, model: nn.Module, scaler: Any) -> None:
+        state = c.state
+        if state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"checkpoint file {c.path / ckpt.STATE_FILE} has format {state.get('format')}, "
+                                  f"this trainer reads {STATE_FORMAT}")
+        try:
+            model.load_state_dict(c.model)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {c.path} does not fit this model/optimizer "
+                                  f"({first_line(e, with_type=False)}); resume with the config it was written with "
+                                  f"({self.out / 'run.yaml'})") from None
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        rank_state = state["ranks"][self.d.rank]
+        self.progress = EpochProgress.from_state(rank_state["progress"], self.d.device)
+        self.history = list(state["history"])
+        changed = changed_keys(state.get("config", ""), self.cfg)
+        if changed:
+            warn(self.d, f"resuming with a config that differs from the checkpoint's in {', '.join(changed)}")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _save(self, progress: EpochProgress, rng: dict[str, Any] | None = None, last: bool = False) -> Path | None:
+        """Checkpoint ``progress`` (with each rank's ``rng``, default: the current states); its path, or None if
+        the write failed and the run goes on. Every rank learns the outcome, so all stop or go on together.
+
+        ``last``: the run ends after this one anyway (preemption, non-finite stop): a failure is reported, not raised.
+        """
+        per_rank = all_gather_objects({"rng": rng if rng is not None else capture_rng(), "progress": progress.to_state()})
+        outcome: tuple[str | None, str | None] = (None, None)
+        if self.d.is_main:
+            state = {
+                "format": STATE_FORMAT, "world_size": self.d.world_size,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else None,
+                "ranks": per_rank, "history": self.history, "config": dump_config(self.cfg),
+            }
+            ema = self.ema.module.state_dict() if self.ema is not None else None
+            try:
+                path = ckpt.save_checkpoint(self.ckpt_root, progress.num_updates, self.module.state_dict(), ema, state,
+                                            keep_last=self.cfg.checkpoint.keep_last)
+                outcome = (str(path), None)
+            except CheckpointWriteError as e:
+                outcome = (None, str(e))
+        path, error = broadcast_object(outcome)
+        if error is None:
+            self.saved_step = progress.num_updates
+            return Path(path)
+        if self.cfg.checkpoint.on_write_error == "stop" and not last:
+            raise CheckpointWriteError(f"{error}: free space and run again with --resume auto, or set "
+                                       "checkpoint.on_write_error=continue")
+        warn(self.d, error + ("" if last else "; training goes on (checkpoint.on_write_error=continue)"))
+        return None
+
+    def _on_update(self, progress: EpochProgress) -> None:
+        every = self.cfg.checkpoint.every_steps
+        if every and progress.num_updates % every == 0 and progress.batch < self.num_batches:
+            self._save(progress)
+
+    def _on_skip(self, progress: EpochProgress, detail: str) -> None:
+        warn(self.d, f"step {progress.num_updates} (epoch {progress.epoch}, batch {progress.batch}/{self.num_batches}): "
+                      f"{detail}; skipped on every rank (run.nonfinite=skip)")
+
+    def _stop_requested(self) -> bool:
+        return self.signals.requested is not None
+
+    def _halt(self, halt: Stopped, p: EpochProgress) -> None:
+        """The loop stopped early: write the one checkpoint that lets a run continue, then end this one."""
+        if halt.reason == Halt.NONFINITE:  # p is rolled back to the start of the bad step, the RNG states with it
+            path = self._save(p, rng=halt.rng, last=True)
+            kept = (f"checkpoint {path} holds the last good state" if path is not None
+                    else "the last good state could not be saved")
+            raise NonFiniteError(
+                f"step {halt.step} (epoch {p.epoch}, batch {p.batch + 1}/{self.num_batches}): {halt.detail}; {kept} "
+                f"(step {p.num_updates}): lower optim.lr, set optim.clip_grad or run.nonfinite=skip, then --resume auto")
+        self._preempted(p)
+
+    def _preempted(self, p: EpochProgress) -> None:
+        done = self.saved_step == p.num_updates  # the step's own checkpoint (every_steps, epoch end) is written
+        path = (self.ckpt_root / f"step-{p.num_updates:08d}") if done else self._save(p, last=True)
+        signal = self.signals.requested or "a preemption signal to another rank"
+        where = f"step {p.num_updates} (epoch {p.epoch}, batch {p.batch}/{self.num_batches})"
+        kept = f"checkpoint {path}" if path is not None else "no new checkpoint"
+        raise Preempted(f"stopped by {signal} after {where}; {kept}; continue with --resume auto", path)
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was signalled (one all-reduce; between epochs, where the step loop does not ask)."""
+        flag = torch.tensor([1.0 if self._stop_requested() else 0.0], device=self.d.device)
+        return all_reduce_sum(flag).item() > 0
+
+
+#: keys whose change between a checkpoint and its resume is expected (length, logging, where to resume from, what a
+#: bad step does: run.nonfinite=skip is how a run stopped by a non-finite step goes on).
+_FREE_KEYS = ("run.epochs", "run.progress", "run.log_every", "run.tensorboard", "run.nonfinite", "checkpoint.")
+
+
+def changed_keys(saved_yaml: str, cfg: Any) -> list[str]:
+    """Config keys that differ between a checkpoint's saved config and ``cfg`` (a config or a plain
+    mapping), but for those a resume may change (:data:`_FREE_KEYS`)."""
+    import yaml
+    if not saved_yaml:
+        return []
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in (tree or {}).items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    old, new = flat(yaml.safe_load(saved_yaml)), flat(cfg if isinstance(cfg, dict) else to_dict(cfg))
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return [k for k in keys if not k.startswith(_FREE_KEYS)]
