@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SMALL_SIDE = 96          # forward/export input side when the model accepts it
+INCEPTION_SIDE = 299    # last input side tried for images
 MAX_EXPORT_PARAMS = 400e6  # bigger models are not exported in the sweep (time and memory on 2 cores)
 
 # ---------------------------------------------------------------------------------------- sources
@@ -134,11 +135,13 @@ def _mean_loss(model, x):
 
 def _image_sizes(model) -> list[tuple[int, ...]]:
     """A small input where the model accepts it, then its own size (timm's ``pretrained_cfg``, else what
-    its first conv takes)."""
+    its first conv takes), then Inception's 299 px (torchvision's inception_v3 has no size of its own
+    and its auxiliary head, run in training only, needs 299)."""
     from se_inject.shapes import default_input_size
     size = tuple(default_input_size(model))
     small = (size[0], *(SMALL_SIDE,) * (len(size) - 1)) if len(size) == 3 and min(size[1:]) > SMALL_SIDE else None
-    return [s for s in (small, size) if s]
+    inception = (size[0], INCEPTION_SIDE, INCEPTION_SIDE) if len(size) == 3 and max(size[1:]) < INCEPTION_SIDE else None
+    return [s for s in (small, size, inception) if s]
 
 
 def _video_sizes(model) -> list[tuple[int, ...]]:

@@ -75,3 +75,15 @@ def test_torchvision_lists(bench):
     assert not any(n.startswith("quantized_") or n.startswith("raft") for n in names)   # not swept, said so
     assert tv.family("deeplabv3_resnet50") == "segmentation.deeplabv3"
     assert set(zoo_sources.TASKS) == cats
+
+
+def test_image_sizes_end_at_inception_side(bench):
+    """torchvision's inception_v3 runs at 96 and 224 px in eval mode, but its auxiliary head (training
+    only) needs 299: the sweep's last candidate; a model of 299 px or more gets no extra size."""
+    import torch
+    import torchvision
+    _, sources = bench
+    with torch.device("meta"):
+        model = torchvision.models.inception_v3(weights=None, init_weights=False)
+    assert sources.TASKS["classification"].sizes(model) == [(3, 96, 96), (3, 224, 224), (3, 299, 299)]
+    assert sources._image_sizes(torch.nn.Conv2d(3, 8, 3)) == [(3, 96, 96), (3, 224, 224), (3, 299, 299)]
