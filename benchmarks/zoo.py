@@ -507,7 +507,8 @@ def _log_session(results: Path, models: int, jobs: int, seconds: float, commit: 
     """Append this invocation's wall time to ``<results>.sessions.jsonl`` (the report sums them)."""
     with results.with_suffix(".sessions.jsonl").open("a") as f:
         f.write(json.dumps({"date": str(datetime.datetime.now(datetime.timezone.utc))[:19], "models": models,
-                            "jobs": jobs, "wall_s": round(seconds, 1), "commit": commit}) + "\n")
+                            "jobs": jobs, "wall_s": round(seconds, 1), "commit": commit,
+                            "argv": " ".join(sys.argv[1:]), "zoo_mem_gb": os.environ.get("ZOO_MEM_GB", "")}) + "\n")
 
 
 def _param_counts(source: str) -> dict[str, int]:

@@ -46,7 +46,24 @@ def load(results: Path) -> list[dict[str, Any]]:
     return list(by_name.values())
 
 
-def _commands(rows: list[dict[str, Any]], source: Source, argv: list[str]) -> str:
+def _logged_commands(results: Path) -> list[tuple[str, str]] | None:
+    """(command, when and how much) of each invocation that made ``results``, as
+    ``<results>.sessions.jsonl`` recorded them (``argv``, and ``ZOO_MEM_GB`` where set); None where a
+    session did not record its command."""
+    sessions = results.with_suffix(".sessions.jsonl")
+    if not sessions.exists():
+        return None
+    runs = [json.loads(x) for x in sessions.read_text().splitlines() if x.strip()]
+    if not runs or any("argv" not in r for r in runs):
+        return None
+    return [((f"ZOO_MEM_GB={r['zoo_mem_gb']} " if r.get("zoo_mem_gb") else "") + f"python benchmarks/zoo.py {r['argv']}".strip(),
+             f"{r['date']} UTC, {r['models']} models, {r['wall_s'] / 60:.1f} min") for r in runs]
+
+
+def _commands(rows: list[dict[str, Any]], source: Source, argv: list[str], results: Path | None = None) -> str:
+    logged = _logged_commands(results) if results is not None else None
+    if logged:
+        return "- commands, in order: " + "; ".join(f"`{cmd}` ({note})" for cmd, note in logged)
     flag = "" if source.key == "timm" else f" --source {source.key}"
     if not any(r.get("mode") == "forward" for r in rows):
         if "--report-only" in argv:  # rebuilt: say what made the rows, not what rebuilt the report
@@ -105,7 +122,7 @@ def report(results: Path, out: Path, argv: list[str], source: Source | str = "ti
         f"# {source.title}", "",
         f"- {versions}; commit {sorted({r.get('commit', '?') for r in rows})}; "
         f"{datetime.date.today()}; {platform.machine()}, {os.cpu_count()} cores",
-        _commands(rows, source, argv),
+        _commands(rows, source, argv, results),
         f"- mode: {'full (create, plan, apply, forward, backward, ONNX export of original and rewritten)' if full else 'planning only, on the meta device'}"
         + (f"; {sum(r.get('mode') == 'forward' and bool(r.get('se_applied')) for r in rows)} rewritten models without ONNX export (`--no-export`)" if full else ""),
     ]

@@ -87,3 +87,22 @@ def test_image_sizes_end_at_inception_side(bench):
         model = torchvision.models.inception_v3(weights=None, init_weights=False)
     assert sources.TASKS["classification"].sizes(model) == [(3, 96, 96), (3, 224, 224), (3, 299, 299)]
     assert sources._image_sizes(torch.nn.Conv2d(3, 8, 3)) == [(3, 96, 96), (3, 224, 224), (3, 299, 299)]
+
+
+def test_commands_from_the_sessions_log(bench, tmp_path):
+    """The report names the exact invocations when every session recorded its command line."""
+    zoo_report, _ = bench
+    results = tmp_path / "tv_zoo.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    sessions = results.with_suffix(".sessions.jsonl")
+    runs = [{"date": "2026-11-26 08:32:24", "models": 107, "jobs": 1, "wall_s": 640.9, "commit": "abc",
+             "argv": "--source tv --no-export --jobs 1", "zoo_mem_gb": "10"},
+            {"date": "2026-11-26 09:00:00", "models": 83, "jobs": 1, "wall_s": 1500.0, "commit": "abc",
+             "argv": "--source tv --jobs 1", "zoo_mem_gb": ""}]
+    sessions.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    text = zoo_report.report(results, tmp_path / "tv_zoo.md", ["--report-only"], "tv")
+    assert ("- commands, in order: `ZOO_MEM_GB=10 python benchmarks/zoo.py --source tv --no-export --jobs 1` "
+            "(2026-11-26 08:32:24 UTC, 107 models, 10.7 min); `python benchmarks/zoo.py --source tv --jobs 1`") in text
+    sessions.write_text(json.dumps({k: v for k, v in runs[0].items() if k != "argv"}) + "\n")  # an older log
+    older = zoo_report.report(results, tmp_path / "tv_zoo.md", ["--report-only"], "tv")
+    assert "commands, in order" not in older and "- command: `python benchmarks/zoo.py --source tv --jobs 2`" in older
