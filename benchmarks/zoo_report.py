@@ -234,6 +234,9 @@ def report(results: Path, out: Path, argv: list[str], source: Source | str = "ti
                 causes[f"{key.split('_')[0]} export: {r[key][:120]}"].append(r["name"])
     for cause, names in sorted(causes.items(), key=lambda kv: -len(kv[1])):
         lines.append(f"- **{len(names)}** {cause}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+    notes = results.with_suffix(".notes.md")  # what a person found reading the rows: kept across rebuilds
+    if notes.exists():
+        lines += ["", f"## Notes (`{notes.name}`, written by hand)", "", notes.read_text().strip()]
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text

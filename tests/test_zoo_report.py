@@ -106,3 +106,13 @@ def test_commands_from_the_sessions_log(bench, tmp_path):
     sessions.write_text(json.dumps({k: v for k, v in runs[0].items() if k != "argv"}) + "\n")  # an older log
     older = zoo_report.report(results, tmp_path / "tv_zoo.md", ["--report-only"], "tv")
     assert "commands, in order" not in older and "- command: `python benchmarks/zoo.py --source tv --jobs 2`" in older
+
+
+def test_hand_written_notes_follow_the_report(bench, tmp_path):
+    zoo_report, _ = bench
+    results = tmp_path / "tv_zoo.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert "## Notes" not in zoo_report.report(results, tmp_path / "tv_zoo.md", ["--report-only"], "tv")
+    results.with_suffix(".notes.md").write_text("swin_v2: read as NCHW.\n")
+    text = zoo_report.report(results, tmp_path / "tv_zoo.md", ["--report-only"], "tv")
+    assert text.endswith("## Notes (`tv_zoo.notes.md`, written by hand)\n\nswin_v2: read as NCHW.\n")
