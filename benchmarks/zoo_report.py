@@ -76,6 +76,45 @@ def _commands(rows: list[dict[str, Any]], source: Source, argv: list[str], resul
             f"models, in a fixed random order){memory}; invocations in `{source.stem}.sessions.jsonl`")
 
 
+#: a report on this many models or fewer (torchvision's 107) lists every model
+PER_MODEL_MAX = 200
+
+
+def _ok(value: Any) -> str:
+    return "-" if value is None else ("ok" if value is True else "**no**" if value is False else str(value))
+
+
+def _model_table(rows: list[dict[str, Any]], full: bool) -> list[str]:
+    """One row a model: did plan/apply raise, SE blocks (``se_applied`` in a full run), sites skipped as
+    already gated, and in a full run forward / backward / shapes / SE gradients and ONNX parity."""
+    head = "| model | category | plan/apply | SE blocks | already gated |"
+    if full:
+        head += " input | fwd | bwd | shapes | SE grads | ONNX orig / SE |"
+    lines = ["## Per model", "", "already gated = sites skipped because the model gates them itself (its own SE/ECA/...)", "",
+             head + " note |", "|" + "---|" * head.count("|")]
+    for r in sorted(rows, key=lambda r: (r.get("category", ""), r["name"])):
+        stage = r.get("error_stage")
+        raised = stage in ("create", "plan", "apply", "worker", "timeout")
+        se = r.get("se_applied", r.get("se")) if full else r.get("se")
+        line = (f"| {r['name']} | {r.get('category', '')} | {'**raised**' if raised else 'ok'} | {'-' if se is None else se} "
+                f"| {(r.get('skipped') or {}).get('already gated', 0)} |")
+        if full:
+            onnx = "-"
+            if r.get("export_skipped"):
+                onnx = "skipped"
+            elif "orig_export_ok" in r or "se_export_ok" in r:
+                onnx = f"{_ok(r.get('orig_export_ok'))} / {_ok(r.get('se_export_ok'))}"
+            elif r.get("mode") == "forward" and se and not stage:
+                onnx = "not run"
+            ran = bool(se) and not raised
+            line += (f" {'x'.join(map(str, r['input_size'])) if r.get('input_size') else '-'} "
+                     f"| {_ok(r.get('forward_ok')) if ran else '-'} | {_ok(r.get('backward_ok')) if ran else '-'} "
+                     f"| {_ok(r.get('shape_ok')) if ran else '-'} | {_ok(r.get('se_grad_ok')) if ran else '-'} | {onnx} |")
+        note = f"{stage}: {r.get('error_class')}: {r.get('error', '')[:100]}" if stage else (r.get("size_note") or "")
+        lines.append(line + f" {note.replace('|', '/')} |")
+    return lines
+
+
 def _category_table(rows: list[dict[str, Any]], full: bool) -> list[str]:
     cats: dict[str, list[dict]] = collections.defaultdict(list)
     for r in rows:
@@ -234,6 +273,8 @@ def report(results: Path, out: Path, argv: list[str], source: Source | str = "ti
                 causes[f"{key.split('_')[0]} export: {r[key][:120]}"].append(r["name"])
     for cause, names in sorted(causes.items(), key=lambda kv: -len(kv[1])):
         lines.append(f"- **{len(names)}** {cause}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+    if len(rows) <= PER_MODEL_MAX:
+        lines += ["", *_model_table(rows, full)]
     notes = results.with_suffix(".notes.md")  # what a person found reading the rows: kept across rebuilds
     if notes.exists():
         lines += ["", f"## Notes (`{notes.name}`, written by hand)", "", notes.read_text().strip()]

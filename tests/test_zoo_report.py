@@ -116,3 +116,21 @@ def test_hand_written_notes_follow_the_report(bench, tmp_path):
     results.with_suffix(".notes.md").write_text("swin_v2: read as NCHW.\n")
     text = zoo_report.report(results, tmp_path / "tv_zoo.md", ["--report-only"], "tv")
     assert text.endswith("## Notes (`tv_zoo.notes.md`, written by hand)\n\nswin_v2: read as NCHW.\n")
+
+
+def test_per_model_table(bench, tmp_path):
+    """A small sweep (torchvision's) lists every model: SE blocks, already gated sites, fwd/bwd, ONNX."""
+    zoo_report, _ = bench
+    rows = ROWS + [{"name": "efficientnet_b0", "family": "efficientnet", "category": "classification", "mode": "full",
+                    "se": 0, "se_applied": 0, "skipped": {"already gated": 9}, "commit": "abc"},
+                   ok("swin_v2_t", "classification", "swin_transformer", se=24, forward_ok=False, backward_ok=False,
+                      shape_ok=None, se_grad_ok=None, error_stage="forward_backward", error_class="RuntimeError",
+                      error="mat1 and mat2 shapes cannot be multiplied", input_size=[3, 96, 96])]
+    results = tmp_path / "tv_zoo.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = zoo_report.report(results, tmp_path / "tv_zoo.md", ["--report-only"], "tv")
+    assert "## Per model" in text
+    assert "| efficientnet_b0 | classification | ok | 0 | 9 | - | - | - | - | - | - |  |" in text
+    assert ("| swin_v2_t | classification | ok | 24 | 0 | 3x96x96 | **no** | **no** | - | - | - | "
+            "forward_backward: RuntimeError: mat1 and mat2 shapes cannot be multiplied |") in text
+    assert "| resnet18 | classification | ok | 2 | 0 | - | ok | ok | ok | ok | ok / ok |  |" in text
