@@ -121,18 +121,19 @@ class _Finder:
                 ) -> tuple[str | None, int, tuple[int, ...], str]:
         """(layout, channels, spatial, reason) of the tensor produced by ``n``.
 
-        Maps of rank 3 to 5 are channels-first (``nchw``: ``(N, C, L)``, ``(N, C, H, W)``,
-        ``(N, C, T, H, W)``) unless the nearest learned layer is a Linear whose width is the last dim
-        (ConvNeXt/Swin blocks in channels-last: ``nhwc``); a rank-3 tensor after a Linear is a token
-        sequence ``(N, L, C)`` (``nlc``).
+        Maps of rank 4 and 5 are channels-first (``nchw``: ``(N, C, H, W)``, ``(N, C, T, H, W)``)
+        unless the nearest learned layer is a Linear whose width is the last dim (ConvNeXt/Swin blocks
+        in channels-last: ``nhwc``). A rank-3 tensor is a 1-D map ``(N, C, L)`` only on positive
+        evidence, a conv whose width is dim 1 (a Conv1d); anything else of rank 3 is a token sequence
+        ``(N, L, C)`` (``nlc``, off by default): reading tokens as channels would gate the sequence
+        positions (CoaT's ``(1, 3137, 128)`` as 3137 "channels").
         """
         rank = len(shape)
         if channel_dim is None and 3 <= rank <= 5:
             width, linear = self._out_channels(n)
-            if rank == 3 and not linear and width is not None and shape[1] == width:
-                channel_dim = 1   # a Conv1d's (N, C, L)
-            elif rank == 3:
-                channel_dim = -1 if (shape[-1] == width or linear or width is None) else 1
+            if rank == 3:
+                conv1d = not linear and width is not None and shape[1] == width
+                channel_dim = 1 if conv1d else -1
             else:
                 channel_dim = -1 if (linear and shape[-1] == width) else 1
         if not 3 <= rank <= 5:

@@ -2,6 +2,9 @@
 from collections import Counter
 
 import pytest
+from torch import nn
+
+import se_inject
 
 from se_inject.codes import Code
 from se_inject.sites import find_sites
@@ -79,3 +82,43 @@ def test_vit_sites_are_tokens(timm_model):
 def test_convnext_channels_last_mlp_ends_in_nchw(timm_model):
     site = next(s for s in sites_of(timm_model("convnext_tiny")) if s.kind == "residual")
     assert site.layout == "nchw" and site.channels == 96
+
+
+class _TokenMixer(nn.Module):
+    """Tokens ``(N, L, C)`` out of a module whose last learned layer is a conv of another width (CoaT's
+    factorised attention with its depthwise relative-position convs): not a 1-D map."""
+
+    def __init__(self, c: int = 32):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.pos = nn.Conv2d(c // 2, c // 2, 3, padding=1, groups=c // 2)   # registered last
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.proj(q.softmax(-1) * v) + k
+
+
+class _TokenNet(nn.Module):
+    def __init__(self, c: int = 32):
+        super().__init__()
+        self.embed = nn.Conv2d(3, c, 4, stride=4)
+        self.blocks = nn.ModuleList([_TokenMixer(c) for _ in range(2)])
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)   # (N, L, C)
+        for block in self.blocks:
+            x = x + block(x)
+        return x.mean(1)
+
+
+def test_rank3_tokens_are_not_read_as_a_1d_map():
+    sites = [s for s in sites_of(_TokenNet()) if s.kind == "residual"]
+    assert sites and all(s.layout == "nlc" and s.channels == 32 for s in sites), sites
+    plan = se_inject.plan(_TokenNet(), input_size=(3, 32, 32))
+    assert not plan.placements   # tokens are off by default
+
+
+def test_conv1d_maps_stay_channels_first():
+    net = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv1d(8, 8, 3, padding=1))
+    sites = [s for s in sites_of(net) if s.kind == "conv"]
+    assert sites and all(s.layout == "nchw" and s.channels == 8 for s in sites), sites
