@@ -92,9 +92,15 @@ class _Finder:
         self._mode_checked: bool | None = None
 
     # ---- layout and site construction
-    def _out_channels(self, n: fx.Node) -> tuple[int | None, bool]:
+    def _out_channels(self, n: fx.Node, shape: tuple[int, ...] = ()) -> tuple[int | None, bool]:
         """Output width of the nearest learned node upstream of ``n`` and whether it is a Linear
-        (channels last) rather than a conv (channels first)."""
+        (channels last) rather than a conv (channels first).
+
+        Inside a module called as a leaf the graph does not say which layer ran last; registration
+        order stands in for it, but a layer whose width is neither end dim of ``shape`` cannot have
+        made the tensor (torchvision's ``ShiftedWindowAttentionV2`` registers its position MLP,
+        ``Linear(512, heads)``, after the output projection), so the last registered layer of a
+        fitting width is taken, and the last one only when none fits."""
         seen = set()
         stack = [n]
         while stack:
@@ -106,8 +112,10 @@ class _Finder:
             if m is not None:
                 leaves = ops.learned_layers(m)
                 if leaves:
-                    last = leaves[-1]
-                    w = next(p for p in last.parameters(recurse=False) if p.dim() >= 2)
+                    widths = [(leaf, next(p for p in leaf.parameters(recurse=False) if p.dim() >= 2))
+                              for leaf in leaves]
+                    fits = [lw for lw in widths if shape and int(lw[1].shape[0]) in (shape[1], shape[-1])]
+                    last, w = (fits or widths)[-1]
                     return int(w.shape[0]), isinstance(last, nn.Linear) or w.dim() == 2
             elif cur.op == "call_function" and cur.target in (*ops.CONV_FUNCTIONS, F.linear):
                 w = cur.args[1] if len(cur.args) > 1 else None
@@ -130,7 +138,7 @@ class _Finder:
         """
         rank = len(shape)
         if channel_dim is None and 3 <= rank <= 5:
-            width, linear = self._out_channels(n)
+            width, linear = self._out_channels(n, shape)
             if rank == 3:
                 conv1d = not linear and width is not None and shape[1] == width
                 channel_dim = 1 if conv1d else -1

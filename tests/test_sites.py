@@ -122,3 +122,4 @@ def test_conv1d_maps_stay_channels_first():
     net = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv1d(8, 8, 3, padding=1))
     sites = [s for s in sites_of(net) if s.kind == "conv"]
     assert sites and all(s.layout == "nchw" and s.channels == 8 for s in sites), sites
+

@@ -128,3 +128,15 @@ def test_new_blocks_follow_their_owner_mode():
     model = tv("resnet18")
     assert not any(m.training for m in se_inject.apply(model).modules())
     assert all(m.training for m in se_inject.apply(model.train()).modules() if isinstance(m, SqueezeExcite))
+
+
+def test_swin_v2_post_norm_se_gates_channels_at_any_size():
+    """Swin V2's attention registers its position MLP (``Linear(512, heads)``) after its output
+    projection: the SE after ``norm1`` must still read ``(B, H, W, C)`` as channels last (it gated the
+    56 rows of a 224 px map, and raised at any other size)."""
+    model = se_inject.apply(tv("swin_v2_t").eval(), input_size=(3, 96, 96))
+    se = model.features[1][0].se1
+    assert se.fc1.in_features == 96   # the block's channels, not the map's height
+    with torch.no_grad():
+        for side in (96, 128):
+            assert model(torch.randn(1, 3, side, side)).shape == (1, 1000)
