@@ -5,6 +5,7 @@
     importance.py  the excitation importance (and the seeded random one the study compares)
     pruning.py     se_inject.prune(model, stats, amount): a MAC target, reached with Torch-Pruning
     folding.py     se_inject.fold(model, stats, tolerance): near-constant gates become their mean
+    constant.py    ConstantScale: what a folded block leaves (a residual add, at most a constant scale)
 
 The names below load on first use, so ``import se_inject.compress`` does not import Torch-Pruning.
 """
@@ -18,7 +19,7 @@ _LAZY = {"excitation_stats": "stats", "ExcitationStats": "stats", "se_blocks": "
          "SqueezeExcitePruner": "prunable", "customized_pruners": "prunable",
          "ExcitationImportance": "importance", "SeededRandomImportance": "importance", "IMPORTANCES": "importance",
          "prune": "pruning", "fold": "folding", "fold_plan": "folding", "FoldPlan": "folding", "FoldDecision": "folding",
-         "FoldAction": "folding", "ConstantScale": "folding"}
+         "FoldAction": "folding", "ConstantScale": "constant"}
 
 __all__ = sorted(_LAZY)
 

@@ -7,7 +7,8 @@ calibration set, :meth:`ExcitationStats.variation`) recomputes an almost constan
 input: ``fold`` replaces it by its mean per-channel scale ``s``. Where the graph allows, ``s`` goes
 into the layer that produces the gated map, so inference pays nothing for it:
 
-- a BatchNorm/GroupNorm with affine weights: ``weight *= s``, ``bias *= s`` (exact, train or eval);
+- a BatchNorm/GroupNorm with affine weights: ``weight *= s``, ``bias *= s`` (exact, train or eval;
+  timm's ``BatchNormAct2d`` too when its activation is a ReLU);
 - a conv or linear layer: its output rows (and bias) ``*= s``;
 - through ops that commute with a non-negative per-channel scale (ReLU, LeakyReLU, max/avg pooling,
   dropout, drop-path, identity: gates are never negative) and across a channel ``torch.cat``, each
@@ -42,7 +43,6 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 from numbers import Real
-from typing import Optional
 
 import torch
 import torch.fx as fx
@@ -51,7 +51,8 @@ from torch import nn
 
 from ..block import SqueezeExcite
 from ..errors import CompressError
-from ..operators import CAT_FUNCTIONS, TRANSPARENT
+from ..operators import CAT_FUNCTIONS, NORM_ACTS, TRANSPARENT
+from .constant import ConstantScale
 from .stats import ExcitationStats
 
 __all__ = ["fold", "fold_plan", "FoldPlan", "FoldDecision", "FoldAction", "ConstantScale"]
@@ -118,44 +119,19 @@ class FoldPlan:
         return "\n".join([head] + [line.rstrip() for line in lines])
 
 
-class ConstantScale(nn.Module):
-    """What a folded SE block leaves: ``x * scale`` (no scale once folded into the layer before), then
-    the residual add and activation the block performed (``se(x, shortcut)``), as before."""
-
-    post_act: Optional[str]
-
-    def __init__(self, scale: torch.Tensor | None, *, channel_dim: int, spatial_dims: int, post_act: str | None,
-                 label: str | None = None) -> None:
-        super().__init__()
-        if scale is not None:
-            shape = [1, -1] + [1] * spatial_dims if channel_dim == 1 else [1] * (spatial_dims + 1) + [-1]
-            scale = scale.detach().reshape(shape).clone()
-        self.register_buffer("scale", scale)
-        self.post_act, self.label = post_act, label
-
-    def extra_repr(self) -> str:
-        label = f"label={self.label}, " if self.label else ""
-        return f"{label}folded={self.scale is None}, post_act={self.post_act}"
-
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        scale = self.scale
-        if scale is not None:
-            x = x * scale
-        if residual is None:
-            return x
-        out = x + residual
-        if self.post_act is not None:
-            out = torch.relu(out)
-        return out
-
-
 _THROUGH = object()   # the walk reached the input of the (sub)graph: continue at the caller
 
 
 def _absorbs(m: nn.Module) -> bool:
-    if type(m) in NORMS:
+    if type(m) in NORMS or _norm_act(m):
         return bool(getattr(m, "affine", True)) and m.weight is not None
     return type(m) in LAYERS and not getattr(m, "transposed", False)
+
+
+def _norm_act(m: nn.Module) -> bool:
+    """timm's BatchNormAct2d and friends, when what follows the norm commutes (ReLU, identity)."""
+    return (isinstance(m, nn.modules.batchnorm._BatchNorm) and NORM_ACTS(m)
+            and all(_commutes(getattr(m, part, nn.Identity())) for part in ("drop", "act")))
 
 
 def _out_channels(m: nn.Module) -> int:
@@ -165,6 +141,13 @@ def _out_channels(m: nn.Module) -> int:
 
 def _commutes(m: nn.Module) -> bool:
     return isinstance(m, COMMUTING_MODULES) or TRANSPARENT(m)
+
+
+class _Tracer(fx.Tracer):
+    """Keeps the modules the walk understands (timm's BatchNormAct2d, ...) as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        return _absorbs(m) or _commutes(m) or super().is_leaf_module(m, qualified_name)
 
 
 def _walk_module(path: str, m: nn.Module, channel_dim: int):
@@ -182,7 +165,7 @@ def _walk_module(path: str, m: nn.Module, channel_dim: int):
     graph = m if isinstance(m, fx.GraphModule) else None
     if graph is None:
         try:
-            graph = fx.symbolic_trace(m)
+            graph = fx.GraphModule(m, _Tracer().trace(m))
         except Exception:
             return f"cannot see inside {type(m).__name__} ({path})"
     output = next(n for n in graph.graph.nodes if n.op == "output")
@@ -281,7 +264,7 @@ def fold_plan(model: nn.Module, stats: ExcitationStats, tolerance: float) -> Fol
 @torch.no_grad()
 def _absorb(layer: nn.Module, scale: torch.Tensor) -> None:
     scale = scale.to(layer.weight)
-    if type(layer) in NORMS:
+    if type(layer) in NORMS or _norm_act(layer):
         layer.weight.mul_(scale)
         layer.bias.mul_(scale) if layer.bias is not None else None
         return
