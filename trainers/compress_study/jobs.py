@@ -107,6 +107,8 @@ def _train_base(spec: StudySpec, root: Path, job: Job) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "trainers.train", "--config", spec.train.config]
         for item in (*spec.train_overrides, *base_overrides(spec, job.backbone, out), "run.progress=false"):
             cmd += ["--set", item]
+        if (out / "checkpoints").exists():  # a study killed while this trained: continue from its checkpoint
+            cmd += ["--resume", "auto"]
         out.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         with open(out.parent / "base.log", "a") as log:
