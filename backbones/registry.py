@@ -8,7 +8,7 @@ from torch import nn
 
 from se_inject.errors import SEInjectError, did_you_mean
 
-__all__ = ["create_backbone", "list_backbones", "BackboneError", "register_backbone"]
+__all__ = ["create_backbone", "resolve_backbone", "list_backbones", "BackboneError", "register_backbone"]
 
 
 class BackboneError(SEInjectError, ValueError):
@@ -74,20 +74,34 @@ def list_backbones(source: str | None = None) -> list[str]:
     return names
 
 
+def resolve_backbone(name: str) -> tuple[str, str]:
+    """``(source, bare name)`` of a name :func:`create_backbone` accepts, else a one-line :class:`BackboneError`
+    with the closest name. The one backbone-name check: the trainer's config and comparisons call it too.
+
+        >>> resolve_backbone("tv:resnet50"), resolve_backbone("cifar_resnet20")
+        (('tv', 'resnet50'), ('own', 'cifar_resnet20'))
+        >>> resolve_backbone("resnet5O")
+        Traceback (most recent call last):
+        ...
+        backbones.registry.BackboneError: unknown backbone 'resnet5O' (did you mean 'resnet50'?); see `se-inject backbones` or backbones.list_backbones()
+    """
+    prefix, _, bare = name.rpartition(":")
+    if prefix and prefix not in SOURCES:
+        raise BackboneError(f"backbone {name!r}: unknown source {prefix!r}; use one of {', '.join(SOURCES)}")
+    sources = [prefix] if prefix else list(SOURCES)
+    for src in sources:
+        if bare in SOURCES[src][0]():
+            return src, bare
+    pool = [f"{prefix}:{n}" if prefix else n for src in sources for n in SOURCES[src][0]()]
+    raise BackboneError(f"unknown backbone {name!r}{did_you_mean(name, pool)}; "
+                        "see `se-inject backbones` or backbones.list_backbones()")
+
+
 def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     """A plain (SE-free) backbone, never with downloaded weights unless ``pretrained=True`` is asked.
 
     ``name`` is ``resnet50`` (own registry, then timm, then torchvision) or ``timm:resnet50`` /
     ``tv:resnet50`` / ``own:cifar_resnet20`` to pick the source.
     """
-    prefix, _, bare = name.rpartition(":")
-    sources = [prefix] if prefix else list(SOURCES)
-    if prefix and prefix not in SOURCES:
-        raise BackboneError(f"backbone {name!r}: unknown source {prefix!r}; use one of {', '.join(SOURCES)}")
-    for src in sources:
-        list_names, create = SOURCES[src]
-        if bare in list_names():
-            return create(bare, **kwargs)
-    pool = [f"{prefix}:{n}" if prefix else n for src in sources for n in SOURCES[src][0]()]
-    raise BackboneError(f"unknown backbone {name!r}{did_you_mean(name, pool)}; "
-                        "see `se-inject backbones` or backbones.list_backbones()")
+    source, bare = resolve_backbone(name)
+    return SOURCES[source][1](bare, **kwargs)

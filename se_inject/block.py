@@ -194,11 +194,23 @@ class SqueezeExcite(nn.Module):
         g = self.gate(F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias))
         if self.gate_scale != 1.0:
             g = g * self.gate_scale
-        # unsqueeze (not a reshape): exports as Unsqueeze in both ONNX exporters, and needs no x.dim()
-        axis = -1 if self.layout == "nchw" else 1
-        for _ in range(self.spatial_dims):
-            g = g.unsqueeze(axis)
-        return g
+        return self._broadcast(g)
+
+    def _broadcast(self, g: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` -> ``(B, C, 1, 1)`` (nchw) or ``(B, 1, 1, C)`` (channels last), at the block's rank.
+        Indexing with None, written out per rank: one Unsqueeze in ONNX, no ``x.dim()`` for fx or
+        TorchScript to trace."""
+        if self.layout == "nchw":
+            if self.spatial_dims == 2:
+                return g[:, :, None, None]
+            if self.spatial_dims == 1:
+                return g[:, :, None]
+            return g[:, :, None, None, None]
+        if self.spatial_dims == 2:
+            return g[:, None, None, :]
+        if self.spatial_dims == 1:
+            return g[:, None, :]
+        return g[:, None, None, None, :]
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x * gate`` (Eq. 4), or ``residual + x * gate`` (then ``post_act``) at the end of a residual branch."""

@@ -300,7 +300,7 @@ def export_onnx(
         >>> report.exporter, report.batch_sizes, report.max_rel_diff < 1e-4       # doctest: +SKIP
         ('dynamo', (1, 3), True)
         >>> se_inject.se_nodes("se_resnet50.onnx")["layer1.0.se"]                # doctest: +SKIP
-        ['ReduceMean', 'Gemm', 'Relu', 'Gemm', 'Sigmoid', 'Reshape', 'Mul', 'Add']
+        ['ReduceMean', 'Gemm', 'Relu', 'Gemm', 'Sigmoid', 'Unsqueeze', 'Mul', 'Add', 'Relu']
 
     Args:
         model: any module taking one ``(B, C, H, W)`` tensor; left as it was (mode, device, weights).

@@ -16,7 +16,7 @@ so typing ``layer1.0.se`` in Netron's search box (Ctrl+F) lists the block. Nodes
 module are ``/<op>``. :func:`se_nodes` reads the same names back::
 
     >>> se_nodes("se_resnet18.onnx")["layer1.0.se"]      # doctest: +SKIP
-    ['ReduceMean', 'Gemm', 'Relu', 'Gemm', 'Sigmoid', 'Reshape', 'Mul', 'Add']
+    ['ReduceMean', 'Gemm', 'Relu', 'Gemm', 'Sigmoid', 'Unsqueeze', 'Mul', 'Add', 'Relu']
 
 Weights. :func:`fold_weight_reshapes` folds SqueezeExcite's ``w.reshape(out, in)`` into the weight
 (the exporter's optimiser stops at 8192 elements) and :func:`name_folded_weights` gives the folded

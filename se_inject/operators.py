@@ -27,7 +27,7 @@ from torch import nn
 from ._torch_compat import ConvNd, NormBase
 
 __all__ = ["is_gate", "contains_gate", "is_act", "is_norm", "is_norm_act", "is_transparent", "is_conv", "is_learned",
-           "learned_layers", "fresh_output", "conv_dilation", "GATES", "ACTS", "NORMS", "NORM_ACTS", "TRANSPARENT",
+           "learned_layers", "fresh_output", "conv_dilation", "CHANNEL_GATES", "ACTS", "NORMS", "NORM_ACTS", "TRANSPARENT",
            "ADD_FUNCTIONS", "ADD_METHODS", "CAT_FUNCTIONS", "CONV_FUNCTIONS", "LEARNED_FUNCTIONS",
            "ACT_FUNCTIONS", "ACT_METHODS", "TRANSPARENT_FUNCTIONS", "SPLIT_FUNCTIONS", "SPLIT_METHODS"]
 
@@ -67,7 +67,7 @@ class _Kind:
 
 
 #: modules that already gate channels: SE and its relatives (timm, torchvision, ours, common repos).
-GATES = _Kind(
+CHANNEL_GATES = _Kind(
     ["se_inject.block.SqueezeExcite", "torchvision.ops.misc.SqueezeExcitation",
      "timm.layers.squeeze_excite.SEModule", "timm.layers.squeeze_excite.EffectiveSEModule",
      "timm.layers.squeeze_excite.SqueezeExcite", "timm.layers.squeeze_excite.SqueezeExciteCl",
@@ -110,12 +110,12 @@ SPLIT_METHODS = frozenset({"chunk", "split", "tensor_split", "narrow"})
 
 
 def is_gate(m: nn.Module) -> bool:
-    return GATES(m)
+    return CHANNEL_GATES(m)
 
 
 def contains_gate(m: nn.Module) -> bool:
     """``m`` is a gate or holds one (torchvision's MBConv keeps its SE inside a ``Sequential``)."""
-    return any(GATES(sub) for sub in m.modules())
+    return any(CHANNEL_GATES(sub) for sub in m.modules())
 
 
 def is_act(m: nn.Module) -> bool:

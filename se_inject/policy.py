@@ -6,8 +6,12 @@
     (16, True, ('residual', 'multibranch', 'inception', 'split'))
     >>> p.replace(r=8).r
     8
+    >>> Policy(r=0)
+    Traceback (most recent call last):
+    ...
+    se_inject.errors.PolicyError: <python>: key 'r' must be a finite number > 0, got 0 (int)
 
-A YAML policy is a mapping of the keys in :data:`SCHEMA`; ``base`` starts from a preset::
+A YAML policy is a mapping of the fields of :class:`Policy`; ``base`` starts from a preset or file::
 
     # my-policy.yaml
     base: paper
@@ -15,186 +19,102 @@ A YAML policy is a mapping of the keys in :data:`SCHEMA`; ``base`` starts from a
     r_per_stage: {5: 32}           # stage 5 (7x7 maps in ResNet-50) uses r = 32
     exclude: ["layer1.*"]
 
-Everything is validated when the policy is loaded (``PolicyError`` naming the file and key);
+Each field carries its default, its documentation and its checks (:mod:`se_inject.schema` reads
+them): everything is validated when the policy is loaded (``PolicyError`` naming the file and key);
 globs are checked against the model when a plan is made (a glob that matches nothing is an error).
 """
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Literal
 
 from .block import GATES, INITS, KERNELS, LAYOUTS, SQUEEZES
 from .errors import PolicyError, did_you_mean
+from .schema import INTERNAL, Number, expected, normalise, reference_table, to_dict, validate
 from .sites import KINDS
+from .yaml_io import parse_yaml, read_yaml
 
 __all__ = ["Policy", "load_policy", "list_presets", "SCHEMA", "policy_reference"]
 
-
-@dataclass(frozen=True)
-class Field:
-    """One policy key: its default, a checker that returns the normalised value, and its doc."""
-    default: Any
-    check: Callable[[str, Any], Any]
-    expected: str
-    doc: str
+Kind = Literal[KINDS]
+Layout = Literal[LAYOUTS]
+Gate = Literal[tuple(GATES)]
+Squeeze = Literal[SQUEEZES]
+Init = Literal[INITS]
+Kernels = Literal[KERNELS]
 
 
-def _fail(key: str, expected: str, value: Any) -> PolicyError:
-    return PolicyError(f"key {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
+def _doc(text: str, **meta: Any) -> dict[str, Any]:
+    return {"help": text, **meta}
 
 
-def _positive_number(key: str, v: Any) -> float | int:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-        raise _fail(key, "a finite number > 0", v)
-    return v
+def _glob_problem(globs: Any) -> str | None:
+    bad = next((g for g in globs if not g), None)
+    return None if bad is None else f"{bad!r} is not a module-path glob such as 'layer4.*'"
 
 
-def _positive_int(key: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise _fail(key, "an integer >= 1", v)
-    return v
-
-
-def _bool(key: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise _fail(key, "true or false", v)
-    return v
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
-    def check(key: str, v: Any) -> str:
-        if v not in choices:
-            raise PolicyError(f"key {key!r} must be one of {', '.join(choices)}, got {v!r}{did_you_mean(v, choices)}")
-        return v
-    return check
-
-
-def _subset(choices: tuple[str, ...]) -> Callable[[str, Any], tuple[str, ...]]:
-    def check(key: str, v: Any) -> tuple[str, ...]:
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, (list, tuple)):
-            raise _fail(key, f"a list drawn from {', '.join(choices)}", v)
-        for item in v:
-            _choice(choices)(key, item)
-        return tuple(dict.fromkeys(v))
-    return check
-
-
-def _globs(key: str, v: Any) -> tuple[str, ...]:
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, (list, tuple)) or not all(isinstance(g, str) and g for g in v):
-        raise _fail(key, "a list of module-path globs such as 'layer4.*'", v)
-    return tuple(v)
-
-
-def _pairs(v: Any) -> Any:
-    """Accept the normalised form (a tuple of pairs) as well as a mapping."""
-    if isinstance(v, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in v):
-        return dict(v)
-    return v
-
-
-def _r_per_stage(key: str, v: Any) -> tuple[tuple[int, float], ...]:
-    v = _pairs(v)
-    if not isinstance(v, Mapping):
-        raise _fail(key, "a mapping stage -> r, e.g. {5: 32}", v)
-    out = []
-    for stage, r in v.items():
-        if isinstance(stage, str) and stage.isdigit():
-            stage = int(stage)
-        if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
-            raise PolicyError(f"key {key!r}: stage {stage!r} must be an integer >= 0 (as in SE_<stage>_<block>)")
-        out.append((stage, _positive_number(f"{key}[{stage}]", r)))
-    return tuple(out)
-
-
-def _r_by_path(key: str, v: Any) -> tuple[tuple[str, float], ...]:
-    v = _pairs(v)
-    if not isinstance(v, Mapping):
-        raise _fail(key, "a mapping module-path glob -> r, e.g. {'layer4.*': 32}", v)
-    out = []
-    for glob, r in v.items():
-        if not isinstance(glob, str) or not glob:
-            raise PolicyError(f"key {key!r}: {glob!r} must be a module-path glob such as 'layer4.*'")
-        out.append((glob, _positive_number(f"{key}[{glob!r}]", r)))
-    return tuple(out)
-
-
-#: every policy key: default, checker, what is expected, documentation (the README table comes from here).
-SCHEMA: dict[str, Field] = {
-    "kinds": Field(("residual", "multibranch", "inception", "split"), _subset(KINDS), f"a list of {', '.join(KINDS)}",
-                   "Site kinds that get an SE block (see *Site kinds*)."),
-    "conv_fallback": Field(True, _bool, "true or false",
-                           "When the model has no site of the chosen kinds at all: gate its dense-block outputs (concat "
-                           "sites: DenseNet), else its conv->norm->act units (VGG)."),
-    "r": Field(16, _positive_number, "a finite number > 0", "Reduction ratio: the excitation bottleneck is C/r wide (paper §3.2, §6.3)."),
-    "r_per_stage": Field((), _r_per_stage, "a mapping stage -> r",
-                         "r for the sites of one stage (stage = log2 of input size / map size, the paper's SE_<stage>_<block>)."),
-    "r_by_path": Field((), _r_by_path, "a mapping glob -> r",
-                       "r for the sites whose owner module path matches a glob; first match wins, over r_per_stage."),
-    "divisor": Field(1, _positive_int, "an integer >= 1",
-                     "Round C/r to a multiple of this: 1 = the paper, 8 = timm's seresnet/make_divisible."),
-    "min_reduced": Field(1, _positive_int, "an integer >= 1", "Lower bound on the bottleneck width C/r."),
-    "min_channels": Field(1, _positive_int, "an integer >= 1", "Skip sites with fewer channels than this."),
-    "include": Field((), _globs, "a list of globs", "Only owners whose module path matches one of these globs (empty = all)."),
-    "exclude": Field((), _globs, "a list of globs", "Skip owners whose module path matches one of these globs."),
-    "skip_last_stage": Field(False, _bool, "true or false",
-                             "Drop the sites of the last stage (paper §4: ResNet-50's +10% params become ~4%, <0.1% top-1 cost)."),
-    "layouts": Field(("nchw", "nhwc"), _subset(LAYOUTS), f"a list of {', '.join(LAYOUTS)}",
-                     "Tensor layouts to gate; add nlc to gate the channels of token sequences (ViT, Swin)."),
-    "gate": Field("sigmoid", _choice(tuple(GATES)), f"one of {', '.join(GATES)}", "Excitation gate (paper Eq. 3: sigmoid)."),
-    "squeeze": Field("avg", _choice(SQUEEZES), f"one of {', '.join(SQUEEZES)}", "Squeeze pooling (paper Eq. 2: avg)."),
-    "init": Field("default", _choice(INITS), f"one of {', '.join(INITS)}",
-                  "identity: the block is an exact identity when inserted (2*sigmoid gate, zero fc2), for pretrained nets."),
-    "fuse_add": Field(True, _bool, "true or false",
-                      "At a residual add, compute shortcut + x * gate in one torch.addcmul (same numbers, less memory traffic), "
-                      "and the ReLU that follows the add when the add has no other use."),
-    "kernels": Field("auto", _choice(KERNELS), f"one of {', '.join(KERNELS)}",
-                     "auto: fused Triton kernels (se_inject.ops) on CUDA tensors, PyTorch elsewhere; triton: the kernels "
-                     "or an error; torch: always the PyTorch formulation. Export and fx tracing always see PyTorch."),
-}
+def _stage_problem(pairs: tuple[tuple[int, float], ...]) -> str | None:
+    bad = next((s for s, _ in pairs if s < 0), None)
+    return None if bad is None else f"stage {bad} must be an integer >= 0 (as in SE_<stage>_<block>)"
 
 
 @dataclass(frozen=True)
 class Policy:
     """A validated placement policy. Build one with :func:`load_policy` or ``Policy(r=8)``."""
-    kinds: tuple[str, ...] = SCHEMA["kinds"].default
-    conv_fallback: bool = SCHEMA["conv_fallback"].default
-    r: float = SCHEMA["r"].default
-    r_per_stage: tuple[tuple[int, float], ...] = ()
-    r_by_path: tuple[tuple[str, float], ...] = ()
-    divisor: int = 1
-    min_reduced: int = 1
-    min_channels: int = 1
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    skip_last_stage: bool = False
-    layouts: tuple[str, ...] = SCHEMA["layouts"].default
-    gate: str = "sigmoid"
-    squeeze: str = "avg"
-    init: str = "default"
-    fuse_add: bool = True
-    kernels: str = "auto"
-    #: where the policy came from (a preset name, a file, ``<python>``): errors name it.
-    source: str = dataclasses.field(default="<python>", compare=False)
+    _what = "policy"
+
+    kinds: tuple[Kind, ...] = field(default=("residual", "multibranch", "inception", "split"), metadata=_doc(
+        "Site kinds that get an SE block (see *Site kinds*)."))
+    conv_fallback: bool = field(default=True, metadata=_doc(
+        "When the model has no site of the chosen kinds at all: gate its dense-block outputs (concat "
+        "sites: DenseNet), else its conv->norm->act units (VGG)."))
+    r: Number = field(default=16, metadata=_doc(
+        "Reduction ratio: the excitation bottleneck is C/r wide (paper §3.2, §6.3).", gt=0, finite=True))
+    r_per_stage: tuple[tuple[int, Number], ...] = field(default=(), metadata=_doc(
+        "r for the sites of one stage (stage = log2 of input size / map size, the paper's SE_<stage>_<block>).",
+        expected="a mapping stage -> r, e.g. {5: 32}", gt=0, finite=True, check=_stage_problem))
+    r_by_path: tuple[tuple[str, Number], ...] = field(default=(), metadata=_doc(
+        "r for the sites whose owner module path matches a glob; first match wins, over r_per_stage.",
+        expected="a mapping glob -> r, e.g. {'layer4.*': 32}", gt=0, finite=True,
+        check=lambda pairs: _glob_problem(g for g, _ in pairs)))
+    divisor: int = field(default=1, metadata=_doc(
+        "Round C/r to a multiple of this: 1 = the paper, 8 = timm's seresnet/make_divisible.", min=1))
+    min_reduced: int = field(default=1, metadata=_doc("Lower bound on the bottleneck width C/r.", min=1))
+    min_channels: int = field(default=1, metadata=_doc("Skip sites with fewer channels than this.", min=1))
+    include: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Only owners whose module path matches one of these globs (empty = all).",
+        expected="a list of globs such as 'layer4.*'", check=_glob_problem))
+    exclude: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Skip owners whose module path matches one of these globs.",
+        expected="a list of globs such as 'layer4.*'", check=_glob_problem))
+    skip_last_stage: bool = field(default=False, metadata=_doc(
+        "Drop the sites of the last stage (paper §4: ResNet-50's +10% params become ~4%, <0.1% top-1 cost)."))
+    layouts: tuple[Layout, ...] = field(default=("nchw", "nhwc"), metadata=_doc(
+        "Tensor layouts to gate; add nlc to gate the channels of token sequences (ViT, Swin)."))
+    gate: Gate = field(default="sigmoid", metadata=_doc("Excitation gate (paper Eq. 3: sigmoid)."))
+    squeeze: Squeeze = field(default="avg", metadata=_doc("Squeeze pooling (paper Eq. 2: avg)."))
+    init: Init = field(default="default", metadata=_doc(
+        "identity: the block is an exact identity when inserted (2*sigmoid gate, zero fc2), for pretrained nets."))
+    fuse_add: bool = field(default=True, metadata=_doc(
+        "At a residual add, compute shortcut + x * gate in one torch.addcmul (same numbers, less memory traffic), "
+        "and the ReLU that follows the add when the add has no other use."))
+    kernels: Kernels = field(default="auto", metadata=_doc(
+        "auto: fused Triton kernels (se_inject.ops) on CUDA tensors, PyTorch elsewhere; triton: the kernels "
+        "or an error; torch: always the PyTorch formulation. Export and fx tracing always see PyTorch."))
+    #: where the policy came from (a preset name, a file, ``<python>``): errors name it. Not a key.
+    source: str = field(default="<python>", compare=False, metadata=INTERNAL)
 
     def __post_init__(self) -> None:
-        for key, spec in SCHEMA.items():
-            try:
-                object.__setattr__(self, key, spec.check(key, getattr(self, key)))
-            except PolicyError as e:
-                raise PolicyError(f"{self.source}: {e}") from None
+        for key, value in normalise(self, source=self.source, error=PolicyError).items():
+            object.__setattr__(self, key, value)
 
     def replace(self, **overrides: Any) -> "Policy":
         """A copy with some keys changed (validated like a file): ``policy.replace(r=8, divisor=8)``."""
@@ -202,6 +122,18 @@ class Policy:
             if key not in SCHEMA:
                 raise PolicyError(f"{self.source}: keyword override {key!r} is not a policy key{did_you_mean(key, SCHEMA)}")
         return dataclasses.replace(self, **overrides)
+
+    def override(self, overrides: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> "Policy":
+        """A copy with ``overrides`` on top, each error naming where its key was set (``sources``: key ->
+        ``--set r=0``; the policy's source otherwise).
+
+            >>> load_policy("paper").override({"r": "x"}, {"r": "--set r=x"})
+            Traceback (most recent call last):
+            ...
+            se_inject.errors.PolicyError: --set r=x: key 'r' must be a finite number > 0, got 'x' (str)
+        """
+        values = validate(Policy, overrides, source=self.source, sources=sources, error=PolicyError)
+        return dataclasses.replace(self, **values)
 
     def r_for(self, path: str, stage: int | None) -> float:
         """The reduction ratio of one site: path glob first, then stage, then the global ``r``."""
@@ -212,15 +144,35 @@ class Policy:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready mapping (round-trips through :func:`load_policy`)."""
-        out: dict[str, Any] = {}
-        for key in SCHEMA:
-            v = getattr(self, key)
-            if key in ("r_per_stage", "r_by_path"):
-                v = dict(v)
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[key] = v
-        return out
+        return to_dict(self)
+
+
+@dataclass(frozen=True)
+class _PolicyFile(Policy):
+    """A policy file's keys: the policy's, and ``base``."""
+    base: str | None = field(default=None, metadata=_doc(
+        "Start from that policy and override the keys given here (a relative path is read from the folder of "
+        "the file that names it).", expected="a preset name or YAML path"))
+
+
+@dataclass(frozen=True)
+class Field:
+    """One policy key as :data:`SCHEMA` shows it, derived from :class:`Policy`'s field of that name."""
+    default: Any
+    expected: str
+    doc: str
+
+    def check(self, key: str, value: Any) -> Any:
+        """``value`` validated and normalised as key ``key`` (``PolicyError`` if it is not valid)."""
+        return validate(Policy, {key: value}, source="<python>", error=PolicyError)[key]
+
+
+#: read-only view of the policy keys, derived from the fields of :class:`Policy` (kept for callers of the
+#: old table): ``SCHEMA["r"].default == 16``, ``SCHEMA["r"].expected == "a finite number > 0"``.
+SCHEMA: Mapping[str, Field] = types.MappingProxyType({
+    f.name: Field(f.default if f.default is not dataclasses.MISSING else f.default_factory(),
+                  expected(typing.get_type_hints(Policy)[f.name], f.metadata), f.metadata["help"])
+    for f in dataclasses.fields(Policy) if not f.metadata.get("internal")})
 
 
 def list_presets() -> list[str]:
@@ -228,40 +180,17 @@ def list_presets() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("se_inject.presets").iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_yaml(text: str, source: str) -> Mapping[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise PolicyError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise PolicyError(f"{source}: a policy is a YAML mapping of keys ({', '.join(list(SCHEMA)[:4])}, ...), "
-                          f"got a {type(data).__name__}")
-    return data
-
-
 def _from_mapping(data: Mapping[str, Any], source: str, depth: int = 0, directory: Path | None = None) -> Policy:
     """``directory``: where the file naming this mapping lives; a relative ``base`` path is read from there."""
-    values: dict[str, Any] = {}
-    base = data.get("base")
-    if base is not None:
-        if depth > 8:
-            raise PolicyError(f"{source}: key 'base' chains more than 8 policies (a cycle?)")
-        if not isinstance(base, (str, os.PathLike)):
-            raise PolicyError(f"{source}: key 'base' must be a preset name or a YAML path, got {base!r}")
-        if directory is not None and base not in list_presets() and not Path(base).is_absolute():
-            base = str(directory / base)
-        values = load_policy(base, _depth=depth + 1).to_dict()
-    for key, value in data.items():
-        if key == "base":
-            continue
-        if not isinstance(key, str) or key not in SCHEMA:
-            raise PolicyError(f"{source}: key {key!r} is not a policy key{did_you_mean(key, [*SCHEMA, 'base'])}")
-        values[key] = value
-    return Policy(**values, source=source)
+    values = validate(_PolicyFile, data, source=source, error=PolicyError)
+    base = values.pop("base", None)
+    if base is None:
+        return Policy(**values, source=source)
+    if depth > 8:
+        raise PolicyError(f"{source}: key 'base' chains more than 8 policies (a cycle?)")
+    if directory is not None and base not in list_presets() and not Path(base).is_absolute():
+        base = str(directory / base)
+    return dataclasses.replace(load_policy(base, _depth=depth + 1), **values, source=source)
 
 
 def load_policy(spec: "Policy | str | os.PathLike[str] | Mapping[str, Any] | None" = None, *, _depth: int = 0) -> Policy:
@@ -275,30 +204,21 @@ def load_policy(spec: "Policy | str | os.PathLike[str] | Mapping[str, Any] | Non
     if not isinstance(spec, (str, os.PathLike)):
         raise PolicyError(f"a policy is a Policy, a preset name, a YAML path or a mapping, got {type(spec).__name__}")
     name = os.fspath(spec)
+    keys = list(SCHEMA)
     if name in list_presets():
         text = resources.files("se_inject.presets").joinpath(f"{name}.yaml").read_text()
-        return _from_mapping(_read_yaml(text, name), name, _depth)
+        return _from_mapping(parse_yaml(text, name, error=PolicyError, what="policy", keys=keys), name, _depth)
     path = Path(name)
     if not path.suffix and not path.exists():
         raise PolicyError(f"{name}: not a preset ({', '.join(list_presets())}) nor a file{did_you_mean(name, list_presets())}")
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise PolicyError(f"{name}: cannot read the policy file: {e.strerror or e}") from None
-    return _from_mapping(_read_yaml(text, name), name, _depth, directory=path.parent)
+    data = read_yaml(path, error=PolicyError, what="policy", keys=keys)
+    return _from_mapping(data, name, _depth, directory=path.parent)
 
 
 def policy_reference() -> str:
-    """The Markdown table of policy keys (README's reference is generated from this)."""
-    rows = ["| key | default | expected | meaning |", "|---|---|---|---|"]
-    for key, spec in SCHEMA.items():
-        default = spec.default
-        if isinstance(default, tuple):
-            default = "[" + ", ".join(map(str, default)) + "]" if default and not isinstance(default[0], tuple) else ("{}" if key.startswith("r_") else "[]")
-        if isinstance(default, bool):
-            default = str(default).lower()
-        rows.append(f"| `{key}` | `{default}` | {spec.expected} | {spec.doc} |")
-    rows.append("| `base` | — | a preset name or YAML path | Start from that policy and override the keys given here "
-                "(a relative path is read from the folder of the file that names it). |")
-    return "\n".join(rows)
+    """The Markdown table of policy keys (README's reference is generated from this).
 
+        >>> print(policy_reference().splitlines()[4])
+        | `r` | `16` | a finite number > 0 | Reduction ratio: the excitation bottleneck is C/r wide (paper §3.2, §6.3). |
+    """
+    return reference_table(_PolicyFile)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_model_arguments", "build_model", "policy_overrides", "apply_policy"]
+__all__ = ["add_model_arguments", "build_model", "policy_overrides", "resolve_policy", "apply_policy"]
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,33 +16,48 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--divisor", type=int, default=None, help="round C/r to a multiple of this")
     p.add_argument("--init", choices=["default", "identity"], default=None, help="SE initialisation")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other policy key, YAML-parsed: --set skip_last_stage=true --set 'layouts=[nchw,nlc]'")
+                   help="any other policy key, the value read as YAML (text that is not YAML stays a string): "
+                        "--set skip_last_stage=true --set 'layouts=[nchw,nlc]'")
     p.add_argument("--input-size", type=int, nargs="+", metavar="N", default=None,
                    help="input size without the batch: C H W for images (C L, C T H W for 1-D, 3-D nets); "
                         "default: the model's pretrained_cfg, else what its first conv takes")
     p.add_argument("--num-classes", type=int, default=None, help="classifier width (default: the model's)")
 
 
-def policy_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
+def _overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(values, sources)``: the policy keys the options set and, for each, the option that set it."""
     from se_inject.errors import PolicyError
-    out: dict[str, Any] = {k: v for k, v in (("r", args.r), ("divisor", args.divisor), ("init", args.init)) if v is not None}
-    if out.get("r") is not None and float(out["r"]).is_integer():
-        out["r"] = int(out["r"])
+    from se_inject.yaml_io import parse_override
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, value in (("r", args.r), ("divisor", args.divisor), ("init", args.init)):
+        if value is not None:
+            values[key] = int(value) if isinstance(value, float) and value.is_integer() else value
+            sources[key] = f"--{key} {values[key]}"
     for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise PolicyError(f"--set {item!r}: write KEY=VALUE, e.g. --set skip_last_stage=true")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+        key, value = parse_override(item, error=PolicyError, example="skip_last_stage=true")
+        values[key], sources[key] = value, f"--set {item}"
+    return values, sources
 
 
-def apply_policy(model, args: argparse.Namespace, count_flops: bool = False):
-    """``(model with SE, plan)`` as the options say, traced once; ``--policy none`` gives the plain model."""
+def policy_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The policy keys ``--r``, ``--divisor``, ``--init`` and every ``--set KEY=VALUE`` give (values read as YAML)."""
+    return _overrides(args)[0]
+
+
+def resolve_policy(args: argparse.Namespace):
+    """``--policy`` with the other options on top, checked before any model is built: an error names the
+    option that set the key (``--set r=0: key 'r' must be a finite number > 0, got 0 (int)``)."""
+    from se_inject.policy import load_policy
+    values, sources = _overrides(args)
+    return load_policy(args.policy).override(values, sources)
+
+
+def apply_policy(model, args: argparse.Namespace, count_flops: bool = False, policy=None):
+    """``(model with SE, plan)`` as the options say (``policy``: :func:`resolve_policy`'s, if already made),
+    traced once; ``--policy none`` gives the plain model."""
     import se_inject
-    plan = se_inject.plan(model, args.policy, input_size=args.input_size, count_flops=count_flops,
-                          **policy_overrides(args))
+    plan = se_inject.plan(model, policy or resolve_policy(args), input_size=args.input_size, count_flops=count_flops)
     return se_inject.apply(model, plan, inplace=True), plan
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from backbones import BackboneError, create_backbone, he_init_, list_backbones
+from backbones import BackboneError, create_backbone, he_init_, list_backbones, resolve_backbone
 
 #: name -> (input size, residual adds, concats) the SE engine must be able to find.
 OWN = {
@@ -65,6 +65,16 @@ def test_bad_depth_is_a_clear_error():
 def test_timm_and_torchvision_names_still_resolve():
     assert isinstance(create_backbone("resnet18", num_classes=4), nn.Module)
     assert create_backbone("tv:resnet18", num_classes=4).fc.out_features == 4
+
+
+def test_one_name_check_for_every_caller():
+    """create_backbone, the trainer's model.name and a comparison's backbones all ask resolve_backbone."""
+    assert resolve_backbone("own:cifar_resnet8") == ("own", "cifar_resnet8")
+    assert resolve_backbone("timm:resnet18") == ("timm", "resnet18")
+    with pytest.raises(BackboneError, match=r"^backbone 'hf:resnet18': unknown source 'hf'; use one of own, timm, tv$"):
+        resolve_backbone("hf:resnet18")
+    with pytest.raises(BackboneError, match=r"^unknown backbone 'tv:resnet5' \(did you mean 'tv:resnet50'\?\)"):
+        create_backbone("tv:resnet5")
 
 
 def test_he_init_gives_fan_out_std():

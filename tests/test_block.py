@@ -93,6 +93,7 @@ def test_kernels_triton_on_cpu_is_a_one_line_error():
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_dispatch_keeps_pytorch_for_cpu_tracing_and_scripting(monkeypatch):
     """The fused op is only for CUDA tensors in eager/compiled runs: CPU (auto), fx tracing,
     TorchScript and export always see the PyTorch formulation."""
@@ -108,6 +109,7 @@ def test_dispatch_keeps_pytorch_for_cpu_tracing_and_scripting(monkeypatch):
     torch.jit.script(SqueezeExcite(8, r=2, kernels="triton"))(x)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("spatial_dims,shape", [(1, (2, 8, 9)), (2, (2, 8, 5, 5)), (3, (2, 8, 3, 4, 4))])
 def test_any_rank_fx_traces_and_scripts(spatial_dims, shape):
     se = SqueezeExcite(8, r=2, spatial_dims=spatial_dims)

@@ -21,7 +21,7 @@ def test_plan_with_policy_and_set(capsys):
 def test_bad_override_is_one_line_exit_2(capsys):
     assert main(["plan", "resnet18", "--set", "rr=3"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "se-inject plan: PolicyError: paper: keyword override 'rr' is not a policy key (did you mean 'r'?)"
+    assert err.strip() == "se-inject plan: PolicyError: --set rr=3: key 'rr' is not a policy key (did you mean 'r'?)"
 
 
 def test_unknown_model(capsys):

@@ -69,15 +69,23 @@ def test_a_failing_variant_is_reported_and_the_others_complete(tmp_path):
 
 
 @pytest.mark.parametrize("change,message", [
-    (("backbones: [cifar_resnet8]", "backbones: [cifar_resnet9]"), r"backbone 'cifar_resnet9' is unknown \(did you mean 'cifar_resnet8'\?\)"),
-    (("policy: paper, r: 4", "policy: papr, r: 4"), r"variants.se-r4: papr: not a preset"),
-    (("policy: paper, r: 4", "policy: paper, rr: 4"), r"variants.se-r4: paper: keyword override 'rr' is not a policy key"),
+    (("backbones: [cifar_resnet8]", "backbones: [cifar_resnet9]"),
+     r"compare.yaml: key 'backbones': unknown backbone 'cifar_resnet9' \(did you mean 'cifar_resnet8'\?\)"),
+    (("policy: paper, r: 4", "policy: papr, r: 4"), r"compare.yaml: key 'variants.se-r4.policy': papr: not a preset"),
+    (("policy: paper, r: 4", "policy: paper, rr: 4"),
+     r"compare.yaml: key 'variants.se-r4.rr' is not a policy key \(did you mean 'variants.se-r4.r'\?\)"),
     (("seeds: [0]", "sedes: [0]"), r"key 'sedes' is not a comparison key \(did you mean 'seeds'\?\)"),
-    (("run.epochs: 1", "run.epochz: 1"), r"run.epochz"),
+    (("run.epochs: 1", "run.epochz: 1"), r"compare.yaml: set: key 'run.epochz' is not a config key \(did you mean 'run.epochs'\?\)"),
+    (("seeds: [0]", "seeds: []"), r"compare.yaml: key 'seeds': an empty list runs nothing"),
+    (("launch: {parallel: 2}", "launch: {paralel: 2}"), r"key 'launch.paralel' is not a comparison key \(did you mean 'launch.parallel'\?\)"),
+    (("launch: {parallel: 2}", "launch: {parallel: 0}"), r"key 'launch.parallel' must be an integer >= 1, got 0 \(int\)"),
+    (("launch: {parallel: 2}", "ablation: {policy: paper}"), r"key 'ablation.r' is missing: it must be a list of finite numbers > 0"),
+    (("launch: {parallel: 2}", "ablation: {r: [4, 0]}"), r"key 'ablation.r\[1\]' must be a finite number > 0, got 0 \(int\)"),
+    (("launch: {parallel: 2}", "ablation: {r: [4], rr: 3}"), r"key 'ablation.rr' is not a policy key"),
 ])
 def test_bad_input_fails_before_any_run(tmp_path, change, message):
     spec = write(tmp_path, TINY.replace(*change))
-    with pytest.raises(CompareError if "epochz" not in message else Exception, match=message):
+    with pytest.raises(CompareError, match=message):
         load_spec(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -92,3 +100,45 @@ def test_examples_validate():
     for name in ("fashion_mnist_compare", "fashion_mnist_r_ablation", "fashion_mnist_compare_demo", "imagenet_senet_paper"):
         spec = load_spec(f"examples/{name}.yaml")
         assert spec.baseline is not None and spec.runs
+
+
+def test_gpu_study_validates_and_lists_its_runs(tmp_path, capsys):
+    """examples/fashion_mnist_gpu.yaml: 4 backbones x 3 variants x 5 seeds on the GPU path, checked whole by --dry-run."""
+    out = tmp_path / "study"
+    assert main(["compare", "--config", "examples/fashion_mnist_gpu.yaml", "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 61 and all(" new " in line for line in lines[:60])
+    assert lines[-1].startswith("60 runs; launch here: ")  # 12 at a time here: on the CPU, or on this machine's GPUs
+    assert not out.exists()                                  # a dry run writes nothing
+    spec = load_spec("examples/fashion_mnist_gpu.yaml")
+    assert spec.backbones == ("cifar_resnet20", "cifar_resnet56", "cifar_resnet110", "cifar_resnext29_4x16d")
+    assert [v.name for v in spec.variants] == ["baseline", "se-r16", "se-no-last-stage"] and spec.seeds == (0, 1, 2, 3, 4)
+    from trainers.config import load_config
+    cfg = load_config(spec.config, [*spec.overrides, *spec.runs[-1].overrides()])
+    assert (cfg.data.on_device, cfg.run.cuda_graphs, cfg.run.amp) == (True, True, "bf16")
+    assert (cfg.run.epochs, cfg.sched.name, cfg.data.batch_size, cfg.optim.lr, cfg.data.aug.pad) == (60, "cosine", 128, 0.1, 4)
+    assert cfg.model.se.policy == "paper-no-last-stage" and spec.parallel == 12
+
+
+def test_report_says_per_backbone_whether_se_is_outside_seed_noise(tmp_path):
+    """The verdict section, from run folders alone: one SE variant better beyond noise, one worse, one within it."""
+    import json
+    from trainers.compare.report import write_report
+    errors = {("b1", "baseline"): [5.0, 5.1, 4.9], ("b1", "se-r16"): [4.5, 4.6, 4.4], ("b1", "se-no-last-stage"): [5.05, 4.95, 5.1],
+              ("b2", "baseline"): [7.0, 7.2, 7.1], ("b2", "se-r16"): [7.8, 7.9, 7.7]}
+    for (backbone, variant), errs in errors.items():
+        for seed, err in enumerate(errs):
+            d = tmp_path / backbone / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            se = None if variant == "baseline" else {"policy": "paper", "r": 16}
+            order = ["baseline", "se-r16", "se-no-last-stage"].index(variant)
+            (d / "compare.json").write_text(json.dumps({"backbone": backbone, "variant": variant, "se": se, "seed": seed,
+                                                        "order": order}))
+            (d / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "top1_err": err, "top5_err": 0.1, "img_per_s": 1.0,
+                                                         "train_loss": 0.3}) + "\n")
+            (d / "result.json").write_text("{}")
+    text = write_report(tmp_path, latency=False).read_text()
+    assert "## SE vs the baseline, per backbone (top-1 error, last epoch)" in text
+    assert ("- **b1** (vs baseline): se-r16: **SE helps** lower error by 0.50 points: outside seed noise "
+            "(2 SE = 0.16, 3 vs 3 seeds); se-no-last-stage: higher error by 0.03 points: within seed noise") in text
+    assert "- **b2** (vs baseline): se-r16: **SE hurts** higher error by 0.70 points: outside seed noise" in text

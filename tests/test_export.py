@@ -13,7 +13,7 @@ from torch import nn
 
 import se_inject
 from se_inject import ExportError, SqueezeExcite, export_onnx, se_nodes
-from se_inject import cli
+import se_inject_cli as cli
 from se_inject import export as export_mod
 
 #: SE as the paper draws it (Fig. 2): pool -> FC -> ReLU -> FC -> sigmoid -> scale. FCs may come

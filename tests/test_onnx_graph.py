@@ -23,8 +23,7 @@ def test_nodes_are_named_after_their_module(exported):
 
 
 def test_se_nodes_lists_each_block_in_order(exported):
-    assert se_nodes(str(exported)) == {"1": ["ReduceMean", "Gemm", "Relu", "Gemm", "Sigmoid", "Unsqueeze",
-                                             "Unsqueeze", "Mul"]}
+    assert se_nodes(str(exported)) == {"1": ["ReduceMean", "Gemm", "Relu", "Gemm", "Sigmoid", "Unsqueeze", "Mul"]}
 
 
 def test_weights_are_folded_named_and_the_batch_dim_named(exported):

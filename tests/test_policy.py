@@ -41,12 +41,12 @@ def test_replace_validates():
     ("r: 0\n", r"bad.yaml: key 'r' must be a finite number > 0, got 0 \(int\)"),
     ("r: -2.5\n", r"bad.yaml: key 'r' must be a finite number > 0"),
     ("skip_last_stage: yes please\n", r"bad.yaml: key 'skip_last_stage' must be true or false"),
-    ("kinds: [residual, inceptoin]\n", r"bad.yaml: key 'kinds' must be one of .*got 'inceptoin' \(did you mean 'inception'\?\)"),
+    ("kinds: [residual, inceptoin]\n", r"bad.yaml: key 'kinds\[1\]' must be one of .*got 'inceptoin' \(did you mean 'inception'\?\)"),
     ("gate: softmax\n", r"bad.yaml: key 'gate' must be one of sigmoid, hard_sigmoid"),
     ("r_per_stage: [1, 2]\n", r"bad.yaml: key 'r_per_stage' must be a mapping stage -> r"),
     ("divisor: 2.5\n", r"bad.yaml: key 'divisor' must be an integer >= 1"),
     ("- r: 16\n", r"bad.yaml: a policy is a YAML mapping of keys .* got a list"),
-    ("r: [16\n", r"bad.yaml: not valid YAML"),
+    ("r: [16\n", r"bad.yaml:2: not valid YAML: expected ',' or '\]', but got '<stream end>' \(while parsing a flow sequence from line 1\)"),
     ("base: nope\n", r"nope: not a preset"),
 ])
 def test_bad_files_name_file_and_key(tmp_path, text, message):
@@ -103,3 +103,28 @@ def test_base_path_is_read_from_the_folder_of_the_file_naming_it(tmp_path, monke
 def test_none_preset_gates_nothing():
     p = load_policy("none")
     assert p.kinds == () and not p.conv_fallback
+
+
+def test_policy_fields_carry_defaults_help_and_checks():
+    """One source: the dataclass fields. SCHEMA is a read-only view derived from them (kept for old callers)."""
+    p = Policy(kinds="residual", r_per_stage={"5": 32}, r_by_path=[["layer4.*", 8]])
+    assert (p.kinds, p.r_per_stage, p.r_by_path) == (("residual",), ((5, 32),), (("layer4.*", 8),))
+    assert hash(p) == hash(Policy(kinds=["residual"], r_per_stage=((5, 32),), r_by_path={"layer4.*": 8}))
+    assert Policy().r == SCHEMA["r"].default == 16 and SCHEMA["r"].expected == "a finite number > 0"
+    assert SCHEMA["kinds"].check("kinds", "split") == ("split",) and "source" not in SCHEMA
+    with pytest.raises(TypeError):
+        SCHEMA["r"] = None  # type: ignore[index]
+    with pytest.raises(PolicyError, match=r"^<python>: key 'r_per_stage': stage -1 must be an integer >= 0"):
+        Policy(r_per_stage={-1: 4})
+    with pytest.raises(PolicyError, match=r"^<python>: key 'exclude': '' is not a module-path glob"):
+        Policy(exclude=[""])
+
+
+def test_override_names_where_each_key_was_set():
+    p = load_policy("paper-no-last-stage").override({"r": 8, "layouts": "nlc"}, {"r": "--r 8"})
+    assert (p.r, p.layouts, p.skip_last_stage, p.source) == (8, ("nlc",), True, "paper-no-last-stage")
+    with pytest.raises(PolicyError, match=r"^--set gate=sigmod: key 'gate' must be one of sigmoid, hard_sigmoid, "
+                                          r"got 'sigmod' \(did you mean 'sigmoid'\?\)"):
+        load_policy().override({"gate": "sigmod"}, {"gate": "--set gate=sigmod"})
+    with pytest.raises(PolicyError, match=r"^paper: key 'rr' is not a policy key \(did you mean 'r'\?\)"):
+        load_policy().override({"rr": 8})

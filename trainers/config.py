@@ -10,20 +10,22 @@
 
 The defaults train a CIFAR-style ResNet-20 on Fashion-MNIST (the embedded default data set); the
 recipes in ``trainers/recipes/`` (``senet-paper``, ``fashion-mnist``) are YAML files of the same keys,
-and ``--config senet-paper`` finds them by name. The key reference in ``trainers/README.md`` is
-generated from this file (:func:`config_reference`).
+and ``--config senet-paper`` finds them by name. The README's *Config reference* is generated from
+this file (:func:`config_reference`); the checks are :mod:`se_inject.schema`'s, the one validator.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from se_inject.schema import from_dict, reference_table, to_dict
+from se_inject.yaml_io import parse_override, read_yaml
+
 from .errors import ConfigError
-from .schema import from_dict, reference_rows, to_dict
 
 __all__ = ["TrainConfig", "RunConfig", "ModelConfig", "SEConfig", "DataConfig", "AugConfig", "SyntheticConfig",
            "OptimConfig", "SchedConfig", "LossConfig", "EmaConfig", "CheckpointConfig",
@@ -40,17 +42,23 @@ def _check_optimizer(name: str) -> str | None:
     from timm.optim import list_optimizers
     from se_inject.errors import did_you_mean
     names = list_optimizers()
-    return None if name.lower() in names else f"not a timm optimizer{did_you_mean(name, names)}; see timm.optim.list_optimizers()"
+    return None if name.lower() in names else \
+        f"{name!r} is not a timm optimizer{did_you_mean(name, names)}; see timm.optim.list_optimizers()"
 
 
-def _check_backbone(name: str) -> str | None:
-    from backbones.registry import SOURCES
-    from se_inject.errors import did_you_mean
-    prefix, _, bare = name.rpartition(":")
-    if prefix and prefix not in SOURCES:
-        return f"unknown backbone source {prefix!r}; use one of {', '.join(SOURCES)}"
-    pool = [n for src in ([prefix] if prefix else SOURCES) for n in SOURCES[src][0]()]
-    return None if bare in pool else f"not a backbone{did_you_mean(bare, pool)}; see backbones.list_backbones()"
+def _check_backbone(name: str) -> None:
+    from backbones.registry import resolve_backbone  # the registry's own check: BackboneError if unknown
+    resolve_backbone(name)
+
+
+def _check_policy(name: str) -> None:
+    from se_inject.policy import load_policy  # PolicyError if it is neither a preset nor a valid file
+    load_policy(name)
+
+
+def _policy_keys() -> type:
+    from se_inject.policy import Policy  # the engine (and torch) load only when a config has an se section
+    return Policy
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ class RunConfig:
         "Autocast precision; fp16 adds a GradScaler."))
     channels_last: bool = field(default=False, metadata=_help("Model and inputs in channels_last memory format."))
     compile: bool = field(default=False, metadata=_help("torch.compile the model."))
+    cuda_graphs: bool = field(default=False, metadata=_help(
+        "torch.compile the model with mode reduce-overhead: forward and backward replayed as CUDA graphs (GPU; "
+        "refused with run.device=cpu, ignored with a one-line note when auto finds no GPU)."))
     log_every: int = field(default=20, metadata=_help("Optimizer steps between progress-bar updates (each one syncs the device).", min=1))
     progress: bool = field(default=True, metadata=_help("tqdm progress bar on rank 0."))
     tensorboard: bool = field(default=False, metadata=_help("Also write TensorBoard scalars to <out_dir>/tensorboard."))
@@ -80,11 +91,15 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class SEConfig:
-    """Squeeze-and-Excitation via ``se_inject.apply(model, policy, **overrides)``; other keys are overrides."""
+    """Squeeze-and-Excitation via ``se_inject.apply(model, policy, **overrides)``; other keys are overrides,
+    checked as policy keys when the config is loaded."""
     _extra = "overrides"
-    policy: str = field(default="paper", metadata=_help("se_inject policy: a preset name or a YAML path."))
+    _extra_schema = staticmethod(_policy_keys)
+    policy: str = field(default="paper", metadata=_help("se_inject policy: a preset name or a YAML path.",
+                                                        check=_check_policy))
     overrides: dict[str, Any] = field(default_factory=dict, metadata=_help(
-        "Any other key (r, gate, ...) is passed to se_inject.apply as an override."))
+        "Any other key (r, gate, ...) is passed to se_inject.apply as an override.",
+        expected="a policy key (see Placement policy)"))
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,9 @@ class DataConfig:
     batch_size: int = field(default=128, metadata=_help("Images per process and micro-batch.", min=1))
     eval_batch_size: int | None = field(default=None, metadata=_help("null: 2 x batch_size.", min=1))
     workers: int = field(default=2, metadata=_help("DataLoader worker processes per rank.", min=0))
+    on_device: bool = field(default=False, metadata=_help(
+        "Keep the whole data set on the run's device and batch, crop and flip it there (no DataLoader, workers "
+        "unused): fashion-mnist and synthetic, crop pad or none."))
     sampler: Literal["random", "class-balanced"] = field(default="random", metadata=_help(
         "random: a fresh permutation each epoch; class-balanced: class-aware sampling (paper §5, Shen et al. 2016)."))
     limit_train_batches: int | None = field(default=None, metadata=_help("Stop each epoch after N batches (smoke tests).", min=1))
@@ -232,29 +250,12 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], str]:
         p = RECIPES_DIR / f"{path}.yaml"
     if not p.is_file():
         raise ConfigError(f"config {path!r} not found; pass a YAML path or a recipe ({', '.join(list_recipes())})")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a config is a mapping of sections (run, model, data, ...), not {type(data).__name__}")
-    return data, str(p)
+    return read_yaml(p, error=ConfigError, what="config", keys=[f.name for f in fields(TrainConfig)]), str(p)
 
 
 def _apply_override(data: dict[str, Any], item: str) -> str:
-    """Set ``a.b.c=value`` (value parsed as YAML) in the nested dict ``data``; returns the dotted key."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.1")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    """Set ``a.b.c=value`` (value read as YAML) in the nested dict ``data``; returns the dotted key."""
+    key, value = parse_override(item, error=ConfigError, example="optim.lr=0.1")
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
@@ -267,19 +268,25 @@ def _apply_override(data: dict[str, Any], item: str) -> str:
     return key
 
 
-def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """The validated config of ``path`` (YAML file or recipe name; None: defaults) with ``overrides`` applied.
+def load_config(path: str | None = None, overrides: Sequence[str] = (), *, origin: str | None = None) -> TrainConfig:
+    """The validated config of ``path`` (YAML file or recipe name; None: defaults) with ``overrides``
+    (``KEY=VALUE``, the value read as YAML) applied.
 
     Every key and value is checked here, once; a mistake raises a one-line :class:`ConfigError`
-    naming the file (or ``--set ...``) and the key.
+    naming the file (or ``--set ...``; ``origin`` when given, such as ``compare.yaml: set``) and the key.
     """
     data, source = _read_yaml(path) if path else ({}, "defaults")
     sources: dict[str, str] = {}
     for item in overrides:
         key = _apply_override(data, item)
-        sources[key] = f"--set {item}"
-    cfg = from_dict(TrainConfig, data, source=source, sources=sources)
-    _check_consistency(cfg, lambda key: sources.get(key, source))
+        sources[key] = origin or f"--set {item}"
+    cfg = from_dict(TrainConfig, data, source=source, sources=sources, error=ConfigError)
+
+    def where(key: str) -> str:  # the --set that set the key or a section above it, else the file
+        while key not in sources and "." in key:
+            key = key.rpartition(".")[0]
+        return sources.get(key, source)
+    _check_consistency(cfg, where)
     return cfg
 
 
@@ -291,12 +298,26 @@ def _check_consistency(cfg: TrainConfig, where: Callable[[str], str]) -> None:
     for key in ("scale", "ratio"):
         lo, hi = getattr(cfg.data.aug, key)
         if lo > hi:
-            raise ConfigError(f"{where('data.aug.' + key)}: data.aug.{key} = {[lo, hi]} is not valid: expected [low, high] with low <= high")
+            raise ConfigError(f"{where('data.aug.' + key)}: key 'data.aug.{key}' must be [low, high] with low <= high, "
+                              f"got {[lo, hi]}")
     if cfg.data.mean is not None and cfg.data.std is not None and len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError(f"{where('data.std')}: data.std has {len(cfg.data.std)} values but data.mean has {len(cfg.data.mean)}")
     if cfg.data.dataset == "imagefolder" and cfg.data.aug.crop == "pad":
         raise ConfigError(f"{where('data.aug.crop')}: data.aug.crop = 'pad' is not valid for imagefolder "
                           "(images differ in size): use rrc or none")
+    if cfg.data.on_device and cfg.data.dataset == "imagefolder":
+        raise ConfigError(f"{where('data.on_device')}: data.on_device needs a data set held in memory at one size "
+                          "(fashion-mnist, synthetic), not imagefolder: set data.on_device=false")
+    if cfg.data.on_device and cfg.data.aug.crop == "rrc":
+        raise ConfigError(f"{where('data.aug.crop')}: data.aug.crop = 'rrc' has no on-device version: use pad or none, "
+                          "or data.on_device=false")
+    if cfg.run.cuda_graphs and cfg.run.device == "cpu":
+        raise ConfigError(f"{where('run.cuda_graphs')}: run.cuda_graphs needs a GPU but run.device = 'cpu': "
+                          "set run.cuda_graphs=false or run.device=auto")
+    if cfg.run.cuda_graphs and cfg.optim.accum_steps > 1:
+        raise ConfigError(f"{where('run.cuda_graphs')}: run.cuda_graphs with optim.accum_steps = {cfg.optim.accum_steps}: "
+                          "a graph replay overwrites the gradients being accumulated (torch's cudagraph trees); set "
+                          "optim.accum_steps=1 or run.cuda_graphs=false")
     if cfg.checkpoint.resume is not None and not cfg.checkpoint.resume.strip():
         raise ConfigError(f"{where('checkpoint.resume')}: checkpoint.resume is empty: use auto, a checkpoint directory, or null")
 
@@ -308,7 +329,4 @@ def dump_config(cfg: TrainConfig) -> str:
 
 def config_reference() -> str:
     """The Markdown table of every config key (type, default, meaning), generated from the dataclasses."""
-    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, tp, default, text in reference_rows(TrainConfig):
-        lines.append(f"| `{key}` | {tp} | `{default}` | {text} |".replace("| `` |", "| |"))
-    return "\n".join(lines)
+    return reference_table(TrainConfig)

@@ -17,7 +17,7 @@ from torch import nn
 from .config import TrainConfig
 
 __all__ = ["build_backbone", "add_se", "build_model", "scaled_lr", "build_optimizer", "build_scheduler", "build_loss", "build_mixup",
-           "build_ema"]
+           "build_ema", "wrap_model"]
 
 
 def build_backbone(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
@@ -110,3 +110,33 @@ def build_ema(cfg: TrainConfig, model: nn.Module) -> Any:
         return None
     from timm.utils import ModelEmaV3
     return ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
+
+
+def wrap_model(cfg: TrainConfig, model: nn.Module, device: torch.device, distributed: bool
+               ) -> tuple[nn.Module, bool, str | None]:
+    """What the training step calls: DDP around ``model`` on several ranks, then ``torch.compile``
+    (``run.compile``), in mode ``reduce-overhead`` (CUDA graphs of forward and backward) under
+    ``run.cuda_graphs`` on a GPU. Returns ``(wrapped, cuda_graphs_on, note)``; ``note`` says why
+    ``run.cuda_graphs`` was ignored (a run on the CPU: ``run.device: auto`` found no GPU).
+
+        >>> from trainers.config import load_config
+        >>> cfg = load_config(None, ["model.name=cifar_resnet8", "run.cuda_graphs=true"])
+        >>> wrapped, graphs, note = wrap_model(cfg, build_model(cfg, 10, (1, 28, 28)), torch.device("cpu"), False)
+        >>> graphs, note
+        (False, 'run.cuda_graphs ignored: this run is on the CPU (CUDA graphs need a GPU); the step runs as run.compile says')
+    """
+    wrapped: nn.Module = model
+    if distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    graphs, note = cfg.run.cuda_graphs, None
+    if graphs and device.type != "cuda":
+        graphs, note = False, ("run.cuda_graphs ignored: this run is on the CPU (CUDA graphs need a GPU); the step runs "
+                               "as run.compile says")
+    if graphs:
+        # cudagraph trees: static shapes (drop_last keeps the batch fixed); a step that cannot be captured (a CPU
+        # tensor, a dynamic shape) falls back to the compiled kernels without graphs, with torch's own warning.
+        wrapped = torch.compile(wrapped, mode="reduce-overhead")
+    elif cfg.run.compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped, graphs, note

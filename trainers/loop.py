@@ -72,6 +72,7 @@ class StepContext:
     # Checked once per optimizer step, in one all-reduce of three numbers (and one read of it on the host):
     nonfinite: Literal["stop", "skip"] | None = None  # NaN/inf loss or gradient on any rank; None: not checked
     stop_requested: Callable[[], bool] | None = None  # a preemption signal on any rank: stop after this step
+    cuda_graphs: bool = False            # model compiled with mode reduce-overhead (accum_steps 1): each forward a new step
 
 
 class Halt(StrEnum):
@@ -181,6 +182,8 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         boundary = (progress.batch + 1) % ctx.accum_steps == 0
         # Between accumulation boundaries DDP must not all-reduce: gradients add up locally first.
         sync = contextlib.nullcontext() if boundary or not hasattr(ctx.model, "no_sync") else ctx.model.no_sync()
+        if ctx.cuda_graphs:  # the graphs' outputs of the last step (loss, logits) are read before this point
+            torch.compiler.cudagraph_mark_step_begin()
         with sync:
             with _autocast(ctx):
                 loss = ctx.loss_fn(ctx.model(x), target)

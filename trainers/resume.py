@@ -23,7 +23,7 @@ from .distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast
 from .errors import CheckpointError, CheckpointWriteError, ConfigError, NonFiniteError, Preempted
 from .loop import EpochProgress, Halt, Stopped
 from .rng import capture_rng
-from .schema import to_dict
+from se_inject.schema import to_dict
 
 __all__ = ["Checkpointing", "STATE_FORMAT", "changed_keys", "elastic_restart", "log", "warn"]
 

@@ -36,7 +36,8 @@ from .data import load_datasets, make_loaders, resolve_input
 from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, restart_hazard,
                           setup_distributed, teardown_distributed)
 from .errors import CheckpointError, CheckpointWriteError, ConfigError
-from .factory import add_se, build_backbone, build_ema, build_loss, build_mixup, build_optimizer, build_scheduler
+from .factory import (add_se, build_backbone, build_ema, build_loss, build_mixup, build_optimizer, build_scheduler,
+                      wrap_model)
 from .loop import EpochProgress, StepContext, evaluate, train_one_epoch
 from .metrics import MetricsWriter, peak_memory_mb, reset_peak_memory, summary_table
 from .preemption import PreemptionSignals
@@ -166,26 +167,24 @@ class _Run(Checkpointing):
                                       "set ema=null or resume a run trained with EMA")
             self.ema.module.load_state_dict(self.resume_from.ema)
 
-        wrapped: nn.Module = model
-        if d.distributed:
-            ids = [d.device.index] if d.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if cfg.run.compile:
-            wrapped = torch.compile(wrapped)
+        wrapped, graphs, note = wrap_model(cfg, model, d.device, d.distributed)
+        if note:
+            log(d, f"note: {note}")
         self.ctx = StepContext(
             model=wrapped, module=model, optimizer=self.optimizer, loss_fn=build_loss(cfg, mixup), device=d.device,
             scheduler=self.scheduler, per_step_schedule=cfg.sched.per_step, scaler=scaler, ema=self.ema, mixup=mixup,
             random_erasing=random_erasing, amp_dtype=_AMP[cfg.run.amp], channels_last=cfg.run.channels_last,
             accum_steps=accum, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, world_size=d.world_size,
-            nonfinite=cfg.run.nonfinite, stop_requested=self._stop_requested)
+            nonfinite=cfg.run.nonfinite, stop_requested=self._stop_requested, cuda_graphs=graphs)
 
     def _print_header(self) -> None:
         cfg, d, data = self.cfg, self.d, self.data
         params = sum(p.numel() for p in self.module.parameters()) / 1e6
         se = f" + SE ({cfg.model.se.policy})" if cfg.model.se is not None else ""
         size = "x".join(str(s) for s in data.input_size)
-        log(d, f"model {cfg.model.name}{se}: {params:.2f}M params | data {cfg.data.dataset}: {data.num_train} train / "
-                f"{data.num_val} val images, {size}, {data.num_classes} classes")
+        where_data = f" on {d.device.type}" if cfg.data.on_device else ""
+        log(d, f"model {cfg.model.name}{se}: {params:.2f}M params | data {cfg.data.dataset}{where_data}: {data.num_train} "
+                f"train / {data.num_val} val images, {size}, {data.num_classes} classes")
         nodes = f" on {d.nodes} nodes" if d.nodes > 1 else ""
         where = f"{d.world_size} rank{'s' if d.world_size > 1 else ''}{nodes} ({d.backend or 'single process'}, {d.device.type})"
         log(d, f"{where} | global batch {self.global_batch} = {cfg.data.batch_size}/rank x {d.world_size} x "

@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..options import add_model_arguments, apply_policy, build_model
+from ..options import add_model_arguments, apply_policy, build_model, resolve_policy
 
 HELP = "insert SE blocks into a backbone and save the model (.pt, torch.save) or its weights (.safetensors)"
 
@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from se_inject.files import write_atomically
     out = Path(args.output)
     _check_writable(out)
-    model, plan = apply_policy(build_model(args), args)   # traced once
+    policy = resolve_policy(args)   # a bad key or value fails before the model is built
+    model, plan = apply_policy(build_model(args), args, policy=policy)   # traced once
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
         state = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import add_model_arguments, apply_policy, build_model
+from ..options import add_model_arguments, apply_policy, build_model, resolve_policy
 
 HELP = "export a backbone with SE blocks to ONNX and check onnxruntime against PyTorch"
 
@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from se_inject.export import export_onnx, se_nodes
 
-    model, _ = apply_policy(build_model(args), args)   # planned at --input-size, as exported
+    policy = resolve_policy(args)   # a bad key or value fails before the model is built
+    model, _ = apply_policy(build_model(args), args, policy=policy)   # planned at --input-size, as exported
     report = export_onnx(model, args.output, tuple(args.input_size) if args.input_size else None,
                          dynamic_batch=not args.static_batch, opset=args.opset, check=not args.no_check)
     print(report)

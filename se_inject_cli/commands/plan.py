@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import add_model_arguments, build_model, policy_overrides
+from ..options import add_model_arguments, build_model, resolve_policy
 
 HELP = "print the SE site table and parameter/MAC totals for a backbone (changes nothing)"
 
@@ -15,8 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import se_inject
-    model = build_model(args)
-    plan = se_inject.plan(model, args.policy, input_size=args.input_size, **policy_overrides(args))
+    policy = resolve_policy(args)   # a bad key or value fails before the model is built
+    plan = se_inject.plan(build_model(args), policy, input_size=args.input_size)
     print(plan)
     if args.verbose:
         for skip in plan.skipped:

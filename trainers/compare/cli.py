@@ -15,11 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trainers.compare import load_spec, run_matrix, write_report
-    from trainers.compare.runner import RunState, status_of
+    from trainers.compare.runner import RunState, launch_plan, status_of
     spec = load_spec(args.config, args.out)
     if args.dry_run:
         for r in spec.runs:
             print(f"{r.key:50s} {status_of(r.out_dir):12s} {r.out_dir}")
+        print(f"{len(spec.runs)} runs; launch here: {launch_plan(spec).describe()}")
         return 0
     statuses = run_matrix(spec)
     report = write_report(spec.out_dir, title=spec.name)

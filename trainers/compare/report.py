@@ -26,7 +26,7 @@ import torch
 
 from .runner import ERROR, META, RunState, status_of
 
-__all__ = ["collect", "write_report", "RunRecord"]
+__all__ = ["collect", "write_report", "RunRecord", "Difference"]
 
 
 @dataclass
@@ -72,15 +72,73 @@ def _fmt_err(mean: float, std: float) -> str:
     return f"{mean:.2f}" + (f" ± {std:.2f}" if not math.isnan(std) else "")
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A variant's mean minus its baseline's, over seeds, and whether it stands out of seed noise:
+    ``|delta| >= 2`` standard errors of the difference (Welch's, from each side's variance over seeds).
+
+        >>> d = Difference.of([9.6, 9.5, 9.7], [9.2, 9.0, 9.4])
+        >>> round(d.delta, 2), round(d.two_se, 2), d.outside_noise, d.verdict()
+        (0.4, 0.26, True, 'higher error by 0.40 points: outside seed noise (2 SE = 0.26, 3 vs 3 seeds)')
+        >>> Difference.of([9.3, 9.1], [9.2, 9.0]).verdict()
+        'higher error by 0.10 points: within seed noise (2 SE = 0.28, 2 vs 2 seeds)'
+    """
+    delta: float
+    two_se: float             # nan with fewer than 2 seeds on a side
+    n: int
+    n_base: int
+
+    @classmethod
+    def of(cls, v: list[float], b: list[float]) -> "Difference":
+        d = statistics.fmean(v) - statistics.fmean(b)
+        if len(v) < 2 or len(b) < 2:
+            return cls(d, math.nan, len(v), len(b))
+        return cls(d, 2 * math.sqrt(statistics.variance(v) / len(v) + statistics.variance(b) / len(b)), len(v), len(b))
+
+    @property
+    def outside_noise(self) -> bool | None:
+        return None if math.isnan(self.two_se) else abs(self.delta) >= self.two_se
+
+    def bracket(self) -> str:
+        """``(−0.31)``, ``(−0.31 ≈)`` within noise, ``(−0.31, n=1)``: the table's form."""
+        if self.outside_noise is None:
+            return f" ({self.delta:+.2f}, n=1)"
+        return f" ({self.delta:+.2f}{'' if self.outside_noise else ' ≈'})"
+
+    def verdict(self) -> str:
+        way = "lower" if self.delta < 0 else "higher"
+        seeds = f"{self.n} vs {self.n_base} seeds"
+        if self.outside_noise is None:
+            return f"{way} error by {abs(self.delta):.2f} points: noise unknown ({seeds}; needs 2 seeds a side)"
+        where = "outside" if self.outside_noise else "within"
+        return f"{way} error by {abs(self.delta):.2f} points: {where} seed noise (2 SE = {self.two_se:.2f}, {seeds})"
+
+
 def _delta(v: list[float], b: list[float]) -> str:
     """``(−0.31)`` or ``(−0.31 ≈)`` when within noise (|Δ| < 2 standard errors), ``(−0.31, n=1)``."""
-    if not v or not b:
-        return ""
-    d = statistics.fmean(v) - statistics.fmean(b)
-    if len(v) < 2 or len(b) < 2:
-        return f" ({d:+.2f}, n=1)"
-    se = math.sqrt(statistics.variance(v) / len(v) + statistics.variance(b) / len(b))
-    return f" ({d:+.2f}{' ≈' if abs(d) < 2 * se else ''})"
+    return Difference.of(v, b).bracket() if v and b else ""
+
+
+def _verdicts(groups: dict[tuple[str, str], list[RunRecord]], baselines: dict[str, str]) -> list[str]:
+    """Per backbone: does each SE variant's top-1 error differ from the baseline's beyond seed noise, which way?"""
+    lines = []
+    for backbone, base in baselines.items():
+        b = [r.final["top1_err"] for r in groups[(backbone, base)] if r.state is RunState.DONE]
+        parts = []
+        for (bb, variant), runs in groups.items():
+            v = [r.final["top1_err"] for r in runs if r.state is RunState.DONE]
+            if bb != backbone or runs[0].se is None or not v or not b:
+                continue
+            d = Difference.of(v, b)
+            better = "" if not d.outside_noise else (" **SE helps**" if d.delta < 0 else " **SE hurts**")
+            parts.append(f"{variant}:{better} {d.verdict()}")
+        if parts:
+            lines.append(f"- **{backbone}** (vs {base}): " + "; ".join(parts))
+    if not lines:
+        return []
+    return ["## SE vs the baseline, per backbone (top-1 error, last epoch)", "",
+            "Outside seed noise: |Δ| at least twice the standard error of the difference of the means over seeds.", "",
+            *lines, ""]
 
 
 @dataclass
@@ -232,6 +290,7 @@ def write_report(root: str | os.PathLike[str], *, title: str | None = None, late
         if r["state"] is RunState.DONE and r["error"]:
             lines.append(f"| | | *{r['error']}* | | | | | | | |")
     lines.append("")
+    lines += _verdicts(groups, baselines)
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         lines += _r_ablation(rows, backbone)
         png = _curves(groups, backbone, root / f"curves_{backbone.replace(':', '_')}.png")

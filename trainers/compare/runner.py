@@ -3,8 +3,10 @@
 A run is *finished* when its ``result.json`` exists: it is skipped on the next invocation. A run
 with checkpoints but no result (the comparison was killed) continues with ``--resume auto``. A run
 that fails leaves ``error.txt`` (the last lines of its log) and the others go on; the report shows
-it as failed. Runs go one after another, or ``launch.parallel`` at a time: on GPUs each gets its own
-devices (``CUDA_VISIBLE_DEVICES``), on CPU the cores are split between them.
+it as failed. Runs go one after another, or ``launch.parallel`` at a time: on GPUs spread round-robin,
+several sharing a GPU once each has one (:mod:`trainers.compare.slots`; ``CUDA_VISIBLE_DEVICES`` pins
+each run to its GPUs), on CPU the cores split between them. A run that dies of CUDA out-of-memory
+says which setting to lower (:func:`oom_advice`).
 """
 from __future__ import annotations
 
@@ -13,9 +15,7 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,9 +23,10 @@ from pathlib import Path
 
 from se_inject.files import write_atomically
 
+from .slots import SlotPlan, Slots, plan_slots, visible_gpus
 from .spec import CompareSpec, Run
 
-__all__ = ["RunState", "RunStatus", "run_matrix", "status_of"]
+__all__ = ["RunState", "RunStatus", "run_matrix", "status_of", "launch_plan", "oom_advice"]
 
 RESULT, ERROR, LOG, META = "result.json", "error.txt", "train.log", "compare.json"
 
@@ -72,54 +73,38 @@ def _command(spec: CompareSpec, run: Run) -> list[str]:
     return cmd
 
 
-def _devices() -> list[str]:
-    try:
-        import torch
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:
-        return []
+def launch_plan(spec: CompareSpec, gpus: list[str] | None = None) -> SlotPlan:
+    """Where ``spec``'s runs go on this machine (``gpus``: the visible GPUs, found when not given; none are
+    used when the runs' ``run.device`` is cpu)."""
+    if spec.device == "cpu":
+        gpus = []
+    elif gpus is None:
+        gpus = visible_gpus()
+    return plan_slots(gpus, nproc_per_node=spec.nproc_per_node, parallel=spec.parallel, runs_per_gpu=spec.runs_per_gpu,
+                      threads=spec.threads, cpu_count=os.cpu_count() or 1)
 
 
-class _Slots:
-    """Hands each concurrent run its own GPUs (or share of CPU threads)."""
-
-    def __init__(self, spec: CompareSpec) -> None:
-        gpus = _devices()
-        per = spec.nproc_per_node
-        self.free: deque[list[str]] = deque(gpus[i:i + per] for i in range(0, len(gpus) - per + 1, per))
-        self.gpu = bool(self.free)
-        self.threads = spec.threads or max(1, (os.cpu_count() or 1) // (spec.parallel * spec.nproc_per_node))
-        self.lock = threading.Lock()
-
-    def env(self) -> tuple[dict[str, str], list[str] | None]:
-        env = dict(os.environ)
-        env["OMP_NUM_THREADS"] = str(self.threads)
-        env["PYTHONUNBUFFERED"] = "1"
-        devices = None
-        if self.gpu:
-            with self.lock:
-                devices = self.free.popleft()
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-        return env, devices
-
-    def release(self, devices: list[str] | None) -> None:
-        if devices is not None:
-            with self.lock:
-                self.free.append(devices)
+def _env(plan: SlotPlan, group: tuple[str, ...] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(plan.threads)
+    env["PYTHONUNBUFFERED"] = "1"
+    if group is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(group)  # the run's ranks see only their GPUs, as cuda:0..n-1
+    return env
 
 
-def _run_one(spec: CompareSpec, run: Run, slots: _Slots, echo) -> RunStatus:
+def _run_one(spec: CompareSpec, run: Run, slots: Slots, echo) -> RunStatus:
     run.out_dir.mkdir(parents=True, exist_ok=True)
     (run.out_dir / ERROR).unlink(missing_ok=True)
     meta = {"backbone": run.backbone, "variant": run.variant.name, "se": run.variant.se, "seed": run.seed,
             "comparison": spec.name, "order": spec.variants.index(run.variant)}
     (run.out_dir / META).write_text(json.dumps(meta, indent=1))
-    env, devices = slots.env()
+    devices = slots.acquire()
     t0 = time.perf_counter()
-    echo(f"start {run.key}" + (f" on GPU {','.join(devices)}" if devices else f" ({slots.threads} CPU threads)"))
+    echo(f"start {run.key}" + (f" on GPU {','.join(devices)}" if devices else f" ({slots.plan.threads} CPU threads)"))
     try:
         with open(run.out_dir / LOG, "a") as log:
-            proc = subprocess.run(_command(spec, run), stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.run(_command(spec, run), stdout=log, stderr=subprocess.STDOUT, env=_env(slots.plan, devices))
     finally:
         slots.release(devices)
     seconds = time.perf_counter() - t0
@@ -133,6 +118,8 @@ def _run_one(spec: CompareSpec, run: Run, slots: _Slots, echo) -> RunStatus:
     lines = (run.out_dir / LOG).read_text(errors="replace").strip().splitlines()
     tail = lines[-15:]
     reason = _reason(lines) or f"exit status {proc.returncode}"
+    if devices is not None and _out_of_memory(lines):
+        reason = oom_advice(devices, slots.plan.per_group, reason)
     (run.out_dir / ERROR).write_text(f"exit status {proc.returncode}: {reason}\n\n" + "\n".join(tail) + "\n")
     echo(f"FAILED {run.key}: {reason}")
     return RunStatus(run, RunState.FAILED, seconds, reason)
@@ -147,14 +134,43 @@ def _reason(lines: list[str]) -> str:
     return found[0].strip()[:300] if found else ""
 
 
-def run_matrix(spec: CompareSpec, echo=print) -> list[RunStatus]:
-    """Train every unfinished run of ``spec``; returns each run's status."""
+_OOM = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_(ALLOC_FAILED|NOT_ENOUGH_WORKSPACE)")
+
+
+def _out_of_memory(lines: list[str]) -> bool:
+    return any(_OOM.search(line) for line in lines)
+
+
+def oom_advice(group: tuple[str, ...], per_group: int, error: str) -> str:
+    """The one line a run that died of CUDA out-of-memory leaves: which setting to lower.
+
+        >>> oom_advice(("0",), 6, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB")
+        'CUDA out of memory on GPU 0 with up to 6 runs sharing it: lower launch.runs_per_gpu (or launch.parallel), then run the comparison again (torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB)'
+        >>> oom_advice(("0", "1"), 1, "torch.OutOfMemoryError: CUDA out of memory.")
+        'CUDA out of memory on GPU 0,1, the run alone on it: lower data.batch_size (in set:), or use run.amp=bf16 (torch.OutOfMemoryError: CUDA out of memory.)'
+    """
+    where = f"GPU {','.join(group)}"
+    if per_group > 1:
+        advice = (f"CUDA out of memory on {where} with up to {per_group} runs sharing it: lower launch.runs_per_gpu "
+                  "(or launch.parallel), then run the comparison again")
+    else:
+        advice = (f"CUDA out of memory on {where}, the run alone on it: lower data.batch_size (in set:), or use "
+                  "run.amp=bf16")
+    return f"{advice} ({error})"
+
+
+def run_matrix(spec: CompareSpec, echo=print, gpus: list[str] | None = None) -> list[RunStatus]:
+    """Train every unfinished run of ``spec``; returns each run's status. ``gpus``: the GPUs to use
+    (default: every visible one; :func:`launch_plan`)."""
     todo = [r for r in spec.runs if status_of(r.out_dir) is not RunState.DONE]
     done = [RunStatus(r, RunState.DONE, trained=False) for r in spec.runs if status_of(r.out_dir) is RunState.DONE]
+    plan = launch_plan(spec, gpus)
     echo(f"{spec.name}: {len(spec.runs)} runs, {len(done)} already finished, {len(todo)} to train "
-         f"({spec.parallel} at a time, {spec.nproc_per_node} process(es) each) -> {spec.out_dir}")
-    slots = _Slots(spec)
-    workers = min(spec.parallel, len(slots.free)) if slots.gpu else spec.parallel
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+         f"({plan.describe()}, {spec.nproc_per_node} process(es) each) -> {spec.out_dir}")
+    slots = Slots(plan)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, plan.at_once)) as pool:
         results = list(pool.map(lambda r: _run_one(spec, r, slots, echo), todo))
+    if todo:
+        echo(f"{len(todo)} run(s) in {time.perf_counter() - start:.0f} s wall")
     return done + results

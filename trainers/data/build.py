@@ -175,20 +175,15 @@ def make_loaders(cfg: TrainConfig, raw: RawData, rank: int, world_size: int, dev
     device = device or torch.device("cpu")
     train_raw, val_raw, num_classes, native = raw.train, raw.val, raw.num_classes, raw.native_size
     rc = resolve_input(cfg, raw, model)
+    if cfg.data.on_device:
+        return _on_device(cfg, raw, rc, rank, world_size, device)
     train_tf, val_tf = _transforms(cfg, native, rc)
     if hasattr(train_raw, "transform"):  # timm ImageDataset: we apply transforms ourselves, seeded per sample
         train_raw.transform = val_raw.transform = None
     train_ds = SeededDataset(train_raw, train_tf, cfg.run.seed)
     val_ds = SeededDataset(val_raw, val_tf, cfg.run.seed)
 
-    if cfg.data.sampler == "class-balanced":
-        order = class_balanced_order(_targets(train_raw), world_size=world_size)
-    else:
-        order = random_order(len(train_raw))
-    try:
-        sampler = ResumableSampler(order, len(train_raw), cfg.data.batch_size, cfg.run.seed, rank, world_size)
-    except ValueError as e:
-        raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: {e}") from None
+    sampler = _sampler(cfg, train_raw, rank, world_size)
 
     workers = cfg.data.workers
     loader_args = dict(num_workers=workers, collate_fn=fast_collate, pin_memory=device.type == "cuda",
@@ -209,3 +204,44 @@ def make_loaders(cfg: TrainConfig, raw: RawData, rank: int, world_size: int, dev
         mean=tuple(rc["mean"]), std=tuple(rc["std"]), crop_pct=rc.get("crop_pct"),
         num_train=len(train_raw), num_val=len(val_raw),
     )
+
+
+def _sampler(cfg: TrainConfig, train_raw: Any, rank: int, world_size: int) -> ResumableSampler:
+    """This rank's shard of each epoch's order: the same for the DataLoader and the on-device path."""
+    if cfg.data.sampler == "class-balanced":
+        order = class_balanced_order(_targets(train_raw), world_size=world_size)
+    else:
+        order = random_order(len(train_raw))
+    try:
+        return ResumableSampler(order, len(train_raw), cfg.data.batch_size, cfg.run.seed, rank, world_size)
+    except ValueError as e:
+        raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: {e}") from None
+
+
+def _in_memory(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images (N, C, H, W), int64 targets) of a fixed-size data set, read once."""
+    if isinstance(getattr(ds, "images", None), torch.Tensor):
+        return ds.images, torch.as_tensor(ds.targets).long()
+    pairs = [ds[i] for i in range(len(ds))]
+    return torch.stack([img for img, _ in pairs]), torch.tensor([t for _, t in pairs], dtype=torch.long)
+
+
+def _on_device(cfg: TrainConfig, raw: RawData, rc: dict[str, Any], rank: int, world_size: int,
+               device: torch.device) -> Data:
+    """``data.on_device``: both splits held on ``device``, batches gathered and augmented there."""
+    from .on_device import DeviceEvalLoader, DeviceTrainLoader
+
+    aug, native, size = cfg.data.aug, raw.native_size, tuple(rc["input_size"])
+    if native is None or tuple(size) != tuple(native):
+        raise ConfigError(f"data.on_device keeps the images at their own size {list(native or ())}, but data.input_size "
+                          f"= {list(size)}: set data.input_size=null or data.on_device=false")
+    sampler = _sampler(cfg, raw.train, rank, world_size)
+    images, targets = _in_memory(raw.train)
+    val_images, val_targets = _in_memory(raw.val)
+    stats = dict(mean=rc["mean"], std=rc["std"], device=device)
+    train = DeviceTrainLoader(images, targets, sampler, pad=aug.pad if aug.crop in ("auto", "pad") else 0,
+                              hflip=aug.hflip, seed=cfg.run.seed, **stats)
+    val = DeviceEvalLoader(val_images, val_targets, cfg.eval_batch_size, rank=rank, world_size=world_size, **stats)
+    return Data(train_loader=train, val_loader=val, train_sampler=sampler, num_classes=raw.num_classes,
+                input_size=size, mean=tuple(rc["mean"]), std=tuple(rc["std"]), crop_pct=rc.get("crop_pct"),
+                num_train=len(raw.train), num_val=len(raw.val))
