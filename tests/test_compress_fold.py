@@ -85,6 +85,7 @@ def test_inception_blocks_fold_into_each_branch_through_the_concat():
     assert same_outputs(fold(model, stats, 0.0), model)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_a_sequential_owner_folds_through_the_relu():
     torch.manual_seed(0)
     features = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU())

@@ -23,12 +23,15 @@ TINY = {
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"prune": {"criteria": ["excitaton"]}}, "prune.criteria = ('excitaton',) is not valid: 'excitaton' is not a "
-                                             "criterion (did you mean 'excitation'?)"),
-    ({"backbones": ["cifar_resnet21"]}, "'cifar_resnet21' is not a backbone (did you mean"),
-    ({"finetune": {"lrr": 0.1}}, "key 'finetune.lrr' is not a config key (did you mean 'finetune.lr'?)"),
-    ({"train": {"set": {"optim.lr": "fast"}}}, "optim.lr = 'fast' is not valid"),
-    ({"fold": {"tolerances": [-1]}}, "fold.tolerances = (-1.0,) is not valid"),
+    ({"prune": {"criteria": ["excitaton"]}}, "study.yaml: key 'prune.criteria[0]' must be one of excitation, "
+                                             "magnitude, random, got 'excitaton' (did you mean 'excitation'?)"),
+    ({"backbones": ["cifar_resnet21"]}, "study.yaml: key 'backbones': unknown backbone 'cifar_resnet21' (did you mean"),
+    ({"finetune": {"lrr": 0.1}}, "study.yaml: key 'finetune.lrr' is not a study key (did you mean 'finetune.lr'?)"),
+    ({"train": {"set": {"optim.lr": "fast"}}}, "study.yaml: train.set: key 'optim.lr' must be a number >= 0, got 'fast'"),
+    ({"fold": {"tolerances": [-1]}}, "study.yaml: key 'fold.tolerances[0]' must be a number >= 0, got -1"),
+    ({"se": {"rr": 4}}, "study.yaml: key 'se.rr' is not a policy key (did you mean 'se.r'?)"),
+    ({"seeds": []}, "study.yaml: key 'seeds': an empty list runs nothing"),
+    ({"train": {"config": "nope.yaml"}}, "study.yaml: train.config: config 'nope.yaml' not found"),
 ])
 def test_a_bad_study_file_is_one_line(change, message):
     with pytest.raises(ConfigError) as e:

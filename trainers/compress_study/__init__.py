@@ -10,7 +10,7 @@ redone, so a killed study continues where it stopped. The report (markdown table
 accuracy-vs-MACs and accuracy-vs-latency PNGs, results CSV) says whether the excitation criterion
 beats magnitude outside seed noise.
 
-    spec.py     the YAML, validated with the trainer's schema
+    spec.py     the YAML, validated by se_inject.schema (as a comparison file is)
     jobs.py     base training, reference, prune + fine-tune, fold, latency
     report.py   tables, curves and the verdict
 """

@@ -127,7 +127,7 @@ def _setup_lines(spec: StudySpec, root: Path) -> list[str]:
         seconds = sum(json.loads(line)["seconds"] for line in sessions.read_text().splitlines() if line.strip())
     ft = spec.finetune
     ft_data = f"{ft.batches_per_epoch} batches of {ft.batch_size}" if ft.batches_per_epoch else "the training set"
-    se = ", ".join(f"{k} {v}" for k, v in spec.se.items())
+    se = ", ".join(f"{k} {v}" for k, v in spec.se_settings.items())
     sets = ", ".join(f"{k}={v}" for k, v in spec.train.set.items())
     return [
         f"Base models: {', '.join(spec.backbones)} with SE ({se}), trained once by the trainer "
