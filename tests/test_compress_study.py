@@ -60,6 +60,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
     assert "**Verdict**" in report and "| cifar_resnet8 | 50 % |" in report and "fold at tolerance 1" in report
+    assert f"Command: `python -m trainers.compress_study --config {config}`" in report and "torch-pruning" in report
     assert (out / "report_macs.png").stat().st_size > 10_000 and (out / "report_latency.png").exists()
     result = json.loads((out / "cifar_resnet8" / "prune-excitation-0.50-seed1.json").read_text())
     assert result["macs_removed"] == pytest.approx(0.5, abs=0.02) and 0 <= result["accuracy"] <= 100

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{job.backbone:20s} {job.name:40s} {'done' if done else 'to run'}")
         return 0
     results = [] if args.report_only else run_study(spec)
-    report = write_report(spec, Path(args.report) if args.report else None)
+    report = write_report(spec, Path(args.report) if args.report else None, command=getattr(args, "command", None))
     failed = [r for r in results if "error" in r]
     print(f"report: {report}" + (f" ({len(failed)} job(s) failed, listed in the report)" if failed else ""))
     return 1 if failed else 0
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainers.compress_study", description=HELP)
     add_arguments(p)
     args = p.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv  # the study's command line, as the report quotes it
+    args.command = " ".join(["python -m trainers.compress_study", *(a for a in given if a != "--report-only")])
     try:
         return run(args)
     except SEInjectError as e:

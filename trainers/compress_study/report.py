@@ -56,8 +56,9 @@ def _pm(xs: list[float]) -> str:
     return f"{m:.2f} ± {s:.2f}" if len(xs) > 1 else f"{m:.2f}"
 
 
-def write_report(spec: StudySpec, dest: Path | None = None) -> Path:
-    """``<dest>.md``, ``<dest>_results.csv``, ``<dest>_macs.png``, ``<dest>_latency.png`` (default: out_dir/report)."""
+def write_report(spec: StudySpec, dest: Path | None = None, command: str | None = None) -> Path:
+    """``<dest>.md``, ``<dest>_results.csv``, ``<dest>_macs.png``, ``<dest>_latency.png`` (default: out_dir/report);
+    ``command`` (the line that ran the study) is quoted at the top."""
     root = Path(spec.out_dir)
     dest = Path(dest) if dest is not None else root / "report"
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def write_report(spec: StudySpec, dest: Path | None = None) -> Path:
     failed = [r for r in results if "error" in r]
 
     lines = [f"# {spec.name}", ""]
-    lines += _setup_lines(spec, root)
+    lines += _setup_lines(spec, root, results, command)
     lines += ["", "## Pruning: accuracy after fine-tuning (top-1 %, mean ± std over seeds)", "",
               "| backbone | MACs removed (target) | criterion | after pruning | after fine-tuning | MACs (M) | params (k) "
               "| latency (ms) |", "|---|---|---|---|---|---|---|---|"]
@@ -120,25 +121,52 @@ def write_report(spec: StudySpec, dest: Path | None = None) -> Path:
     return md
 
 
-def _setup_lines(spec: StudySpec, root: Path) -> list[str]:
-    seconds = 0.0
+def _versions() -> str:
+    import datetime
+    import os
+    import platform
+
+    import torch
+    try:
+        import torch_pruning
+        tp = getattr(torch_pruning, "__version__", "?")
+    except ImportError:
+        tp = "not installed"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"Written {date}; Python {platform.python_version()}, torch {torch.__version__}, torch-pruning {tp}, "
+            f"{platform.machine()} with {os.cpu_count()} CPU cores.")
+
+
+def _setup_lines(spec: StudySpec, root: Path, results: list[dict[str, Any]], command: str | None) -> list[str]:
+    seconds, n_sessions = 0.0, 0
     sessions = root / "sessions.jsonl"
     if sessions.exists():
-        seconds = sum(json.loads(line)["seconds"] for line in sessions.read_text().splitlines() if line.strip())
+        runs = [json.loads(line) for line in sessions.read_text().splitlines() if line.strip()]
+        seconds, n_sessions = sum(r["seconds"] for r in runs), len(runs)
+    job_seconds = sum(r.get("seconds", 0.0) for r in results)
+    base = ", ".join(f"{r['backbone']} {r['seconds'] / 60:.0f} min" for r in results
+                     if r.get("kind") == "base" and "seconds" in r)
     ft = spec.finetune
     ft_data = f"{ft.batches_per_epoch} batches of {ft.batch_size}" if ft.batches_per_epoch else "the training set"
     se = ", ".join(f"{k} {v}" for k, v in spec.se_settings.items())
     sets = ", ".join(f"{k}={v}" for k, v in spec.train.set.items())
     return [
+        *([f"Command: `{command}`", ""] if command else []),
+        _versions(),
+        "",
         f"Base models: {', '.join(spec.backbones)} with SE ({se}), trained once by the trainer "
         f"(`{spec.train.config}`, {sets}). Pruned by `se_inject.prune` to each MAC target with each criterion "
         f"(excitation: mean gate over {spec.calibration.batches} calibration batches of {spec.calibration.batch_size} "
         f"training images; magnitude: Torch-Pruning's L1 `MagnitudeImportance(p=1)`; random), then fine-tuned "
         f"{ft.epochs} epoch(s) of {ft_data} (SGD, lr {ft.lr} cosine to 0), seeds {', '.join(map(str, spec.seeds))}. "
         f"Accuracy on the first {spec.measure.eval_images or 'all'} Fashion-MNIST test images; latency: batch 1, "
-        f"one CPU thread, median of {spec.measure.latency_rounds} interleaved rounds of {spec.measure.latency_reps}.",
+        f"one CPU thread, median of {spec.measure.latency_rounds} interleaved rounds of {spec.measure.latency_reps}. "
+        f"A seed changes the calibration batches (excitation), the draw (random) and the fine-tuning data order; the "
+        f"base model is the same for all seeds, so ± is the noise of pruning and fine-tuning, not of training.",
         "",
-        f"Wall time of the study: {seconds / 60:.0f} min ({spec.parallel} jobs at a time).",
+        f"Wall time of the study: {seconds / 60:.0f} min over {n_sessions} session(s) that ran to the end "
+        f"({spec.parallel} jobs at a time); its jobs' own times add up to {job_seconds / 60:.0f} min"
+        + (f" (base training: {base})." if base else "."),
     ]
 
 
