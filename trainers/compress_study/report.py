@@ -173,7 +173,7 @@ def _setup_lines(spec: StudySpec, root: Path, results: list[dict[str, Any]], com
 def _verdict_lines(spec: StudySpec, prunes: dict) -> list[str]:
     out = ["| backbone | MACs removed | excitation − magnitude | excitation − random | magnitude − random |",
            "|---|---|---|---|---|"]
-    tally = defaultdict(int)
+    tally: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for b in spec.backbones:
         for a in spec.prune.amounts:
             acc = {c: [r["accuracy"] for r in prunes.get((b, a, c), [])] for c in spec.prune.criteria}
@@ -182,16 +182,21 @@ def _verdict_lines(spec: StudySpec, prunes: dict) -> list[str]:
                 if acc.get(x) and acc.get(y):
                     word, diff, se = verdict(acc[x], acc[y])
                     cells.append(f"{diff:+.2f} ± {se:.2f} ({word})")
-                    if (x, y) == ("excitation", "magnitude"):
-                        tally[word] += 1
+                    tally[(x, y)][word] += 1
                 else:
                     cells.append("—")
             out.append(f"| {b} | {100 * a:.0f} % | " + " | ".join(cells) + " |")
-    n = sum(tally.values())
-    if n:
-        out += ["", f"**Verdict**: after the same fine-tuning, the excitation criterion beats L1 magnitude outside seed "
-                    f"noise (difference > 2 standard errors) in {tally['better']} of {n} settings, is worse in "
-                    f"{tally['worse']}, and is within noise in {tally['within noise']}."]
+    versus = {"magnitude": "L1 magnitude", "random": "random pruning"}
+    said = []
+    for other, name in versus.items():
+        t = tally.get(("excitation", other))
+        if t:
+            noise = "outside seed noise (difference > 2 standard errors)" if not said else "outside noise"
+            said.append(f"beats {name} {noise} in {t['better']} of "
+                        f"{sum(t.values())} settings, is worse in {t['worse']}, and is within noise in "
+                        f"{t['within noise']}")
+    if said:
+        out += ["", "**Verdict**: after the same fine-tuning, the excitation criterion " + "; it ".join(said) + "."]
     return out
 
 
