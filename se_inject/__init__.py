@@ -14,21 +14,25 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import ExportError, KernelError, PolicyError, SEInjectError, TraceError
+from .errors import CompressError, ExportError, KernelError, PolicyError, SEInjectError, TraceError
 
 #: public name -> the module that defines it
 _LAZY = {"apply": "api", "plan": "api", "Plan": "planner", "Policy": "policy", "load_policy": "policy",
          "list_presets": "policy", "SqueezeExcite": "block", "export_onnx": "export", "ExportReport": "export",
-         "se_nodes": "export"}
+         "se_nodes": "export", "excitation_stats": "compress.stats", "ExcitationStats": "compress.stats",
+         "prune": "compress.pruning", "fold": "compress.folding", "fold_plan": "compress.folding"}
 
 __all__ = ["apply", "plan", "Plan", "Policy", "load_policy", "list_presets", "SqueezeExcite",
-           "export_onnx", "ExportReport", "se_nodes",
-           "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError"]
+           "export_onnx", "ExportReport", "se_nodes", "excitation_stats", "ExcitationStats", "prune", "fold", "fold_plan",
+           "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .api import apply, plan
     from .block import SqueezeExcite
+    from .compress.folding import fold, fold_plan
+    from .compress.pruning import prune
+    from .compress.stats import ExcitationStats, excitation_stats
     from .export import ExportReport, export_onnx, se_nodes
     from .planner import Plan
     from .policy import Policy, list_presets, load_policy

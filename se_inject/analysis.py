@@ -23,16 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .block import SqueezeExcite
-from .errors import SEInjectError
-from .modes import eval_mode
+from .compress.stats import excitation_stats, se_blocks
 
 __all__ = ["Excitations", "record_excitations", "plot_excitations", "se_blocks"]
-
-
-def se_blocks(model: nn.Module) -> dict[str, SqueezeExcite]:
-    """Module path -> SE block, in module order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, SqueezeExcite)}
 
 
 @dataclass
@@ -81,58 +74,13 @@ def record_excitations(model: nn.Module, data: Iterable, *, blocks: Sequence[str
                        num_classes: int | None = None, max_batches: int | None = None,
                        device: str | torch.device | None = None) -> Excitations:
     """Run ``model`` (eval, no grad) over ``data`` (``(images, labels)`` batches) and average each
-    SE block's gate activations per class. The model's mode is restored afterwards."""
-    found = se_blocks(model)
-    if not found:
-        raise SEInjectError(f"{type(model).__name__} has no SqueezeExcite block: apply se_inject first")
-    names = list(blocks) if blocks else list(found)
-    for b in names:
-        if b not in found:
-            raise SEInjectError(f"no SE block at {b!r}; blocks are {', '.join(list(found)[:4])}, ...")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    sums: dict[str, torch.Tensor] = {}
-    counts: torch.Tensor | None = None
-    current: dict[str, torch.Tensor] = {}
-    handles = []
-    for b in names:
-        def hook(module, inputs, b=b):
-            # computed from the block's input (pooling and two FCs: cheap) before it runs, not read
-            # off its gate module: on CUDA the fused kernels run the block without calling that
-            # module, and in inference the fused add may write its output into that input
-            g = module.excitation(inputs[0]) / module.gate_scale
-            current[b] = g.detach().float().reshape(g.shape[0], -1)
-        handles.append(found[b].register_forward_pre_hook(hook))
-    try:
-        with eval_mode(model), torch.no_grad():  # each module's flag restored (a frozen BN stays frozen)
-            for i, (x, y) in enumerate(data):
-                if max_batches is not None and i >= max_batches:
-                    break
-                model(x.to(device))
-                y = y.to("cpu").long()
-                k = num_classes or int(y.max()) + 1
-                if counts is None or counts.numel() < k:
-                    counts = _grow(counts, k)
-                    sums = {b: _grow(sums.get(b), k, current[b].shape[1]) for b in names}
-                counts += torch.bincount(y, minlength=counts.numel())
-                for b in names:
-                    sums[b].index_add_(0, y, current[b].cpu().double())
-    finally:
-        for h in handles:
-            h.remove()
-    if counts is None:
-        raise SEInjectError("the data loader gave no batch")
-    per_class = {b: (sums[b] / counts.clamp(min=1)[:, None]).float() for b in names}
-    overall = {b: (sums[b].sum(0) / counts.sum()).float() for b in names}
-    labels = {b: found[b].label or b for b in names}
-    return Excitations(names, labels, counts.numel(), counts, per_class, overall)
-
-
-def _grow(t: torch.Tensor | None, rows: int, cols: int | None = None) -> torch.Tensor:
-    shape = (rows,) if cols is None else (rows, cols)
-    out = torch.zeros(shape, dtype=torch.float64 if cols else torch.long)
-    if t is not None:
-        out[: t.shape[0]] = t
-    return out
+    SE block's gate activations per class (in ``[0, 1]``: an ``init="identity"`` block's ``2·sigmoid``
+    is halved). The pass is :func:`se_inject.excitation_stats`; the model's mode is restored afterwards."""
+    stats = excitation_stats(model, data, blocks=blocks, num_classes=num_classes, max_batches=max_batches,
+                             device=device, min_classes=1)
+    per_class = {b: stats.class_mean[b] / stats.gate_scale[b] for b in stats.blocks}
+    overall = {b: stats.mean[b] / stats.gate_scale[b] for b in stats.blocks}
+    return Excitations(stats.blocks, dict(stats.labels), stats.num_classes, stats.counts, per_class, overall)
 
 
 def plot_excitations(exc: Excitations, path: str | Path, *, blocks: Sequence[str] | None = None,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "did_you_mean", "first_line"]
+__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "did_you_mean",
+           "first_line"]
 
 
 class SEInjectError(Exception):
@@ -31,6 +32,11 @@ class ExportError(SEInjectError, RuntimeError):
 class KernelError(SEInjectError, ValueError):
     """The fused SE op (:mod:`se_inject.ops`) was given an unknown option, or inputs its kernels
     cannot take where ``kernels="triton"`` insists on them."""
+
+
+class CompressError(SEInjectError, ValueError):
+    """Pruning or folding (:mod:`se_inject.compress`) was given an argument, a model, statistics or
+    calibration data it cannot use."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

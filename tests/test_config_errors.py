@@ -145,3 +145,42 @@ def test_the_matrix_reads_a_good_file_and_set_without_error(tmp_path, capsys):
     path = _write(tmp_path, COMPARE, "compare.yaml")
     assert main(["compare", "--config", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
     assert "cifar_resnet8/se-r4/seed0" in capsys.readouterr().out
+
+
+STUDY = """
+backbones: [cifar_resnet8]
+seeds: [0]
+se: {policy: paper, r: 16}
+train: {set: {run.epochs: 1}}
+prune: {amounts: [0.5], criteria: [excitation, magnitude]}
+"""
+#: case -> ((old, new) edit of STUDY, what the error line must contain)
+STUDY_CASES = {
+    "yaml-syntax": (("seeds: [0]", "seeds: [0"), ["study.yaml:4: not valid YAML", "(while parsing a flow sequence from line 3)"]),
+    "unknown-key": (("seeds: [0]", "sedes: [0]"), ["key 'sedes' is not a study key (did you mean 'seeds'?)"]),
+    "wrong-type": (("seeds: [0]", "seeds: [zero]"), ["key 'seeds[0]' must be an integer >= 0, got 'zero' (str)"]),
+    "out-of-range": (("amounts: [0.5]", "amounts: [1.5]"),
+                     ["key 'prune.amounts[0]' must be a number >= 0 and <= 0.95, got 1.5 (float)"]),
+    "list-item": (("magnitude]", "magnitdue]"), ["key 'prune.criteria[1]' must be one of",
+                                                "(did you mean 'magnitude'?)"]),
+    "policy-key": (("r: 16", "rr: 16"), ["key 'se.rr' is not a policy key (did you mean 'se.r'?)"]),
+    "set-unknown-key": (("run.epochs: 1", "run.epochz: 1"),
+                        ["study.yaml: train.set: key 'run.epochz' is not a config key (did you mean 'run.epochs'?)"]),
+    "set-out-of-range": (("run.epochs: 1", "run.epochs: 0"),
+                         ["train.set: key 'run.epochs' must be an integer >= 1, got 0"]),
+}
+
+
+@pytest.mark.parametrize("case", list(STUDY_CASES))
+def test_compress_study_dry_run(case, tmp_path, capsys):
+    """The compression study's file goes through the same validator: the same one-line errors."""
+    from trainers.compress_study.cli import main as study_main
+    edit, expected = STUDY_CASES[case]
+    assert edit[0] in STUDY
+    path = _write(tmp_path, STUDY.replace(*edit), "study.yaml")
+    err = _one_line_error(capsys, ["--config", str(path), "--out", str(tmp_path / "out"), "--dry-run"], expected,
+                          runner=study_main)
+    assert err.startswith("ConfigError: ") and "study.yaml" in err
+    assert not (tmp_path / "out").exists()
+    assert study_main(["--config", str(_write(tmp_path, STUDY, "study.yaml")), "--out", str(tmp_path / "out"),
+                       "--dry-run"]) == 0

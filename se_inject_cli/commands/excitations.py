@@ -4,43 +4,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._trained import add_run_argument
+
 HELP = "plot and summarise a trained SE model's excitations per class and block (paper Fig. 8)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="a training run directory (run.yaml + model.safetensors), or a .safetensors "
-                   "file inside one")
+    add_run_argument(p)
     p.add_argument("--classes", type=int, nargs="+", default=None, help="class indices to plot (default: the first 4)")
     p.add_argument("--blocks", nargs="+", default=None, help="SE blocks by module path or label (SE_3_1); default: "
                    "up to six from early to last")
     p.add_argument("--max-batches", type=int, default=None, help="stop after N validation batches")
-    p.add_argument("--weights", choices=["model", "ema"], default="model")
     p.add_argument("-o", "--output", default=None, help="PNG path (default: RUN/excitations.png)")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from safetensors.torch import load_file
 
     from se_inject.analysis import plot_excitations, record_excitations
     from se_inject.errors import SEInjectError
-    from trainers.config import load_config
     from trainers.data import build_data
-    from trainers.factory import build_model
 
-    run_dir = Path(args.run)
-    if run_dir.suffix == ".safetensors":
-        run_dir, weights = run_dir.parent, run_dir
-    else:
-        weights = run_dir / f"{args.weights}.safetensors"
-    if not (run_dir / "run.yaml").exists() or not weights.exists():
-        raise SEInjectError(f"{args.run}: need run.yaml and {weights.name} from a finished `se-inject train` run")
-    cfg = load_config(str(run_dir / "run.yaml"), ["data.workers=0", "data.aug.re_prob=0"])
-    model = build_model(cfg, cfg.model.num_classes, tuple(cfg.data.input_size))
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    if missing or unexpected:
-        raise SEInjectError(f"{weights}: weights do not fit the model of run.yaml "
-                            f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+    from ._trained import load_run
+    cfg, model, run_dir = load_run(args.run, args.weights)
     data = build_data(cfg, rank=0, world_size=1, device=torch.device("cpu"), model=model)
     exc = record_excitations(model, data.val_loader, max_batches=args.max_batches, num_classes=cfg.model.num_classes)
     from trainers.data.fashion_mnist import CLASSES
