@@ -24,8 +24,9 @@ data: $(FASHION_MNIST)
 $(FASHION_MNIST):
 	apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
 
+# Two workers (CI has 2 cores); whole files per worker, so a file's module fixtures run once.
 test: $(STAMP) $(FASHION_MNIST)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP) $(FASHION_MNIST)
 	$(PY) examples/demo.py --out $(DEMO_OUT)
