@@ -37,7 +37,7 @@ from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier,
                           setup_distributed, teardown_distributed)
 from .errors import CheckpointError, CheckpointWriteError, ConfigError
 from .factory import (add_se, build_backbone, build_ema, build_loss, build_mixup, build_optimizer, build_scheduler,
-                      wrap_model)
+                      scaled_lr, wrap_model)
 from .loop import EpochProgress, StepContext, evaluate, train_one_epoch
 from .metrics import MetricsWriter, peak_memory_mb, reset_peak_memory, summary_table
 from .preemption import PreemptionSignals
@@ -187,8 +187,11 @@ class _Run(Checkpointing):
                 f"train / {data.num_val} val images, {size}, {data.num_classes} classes")
         nodes = f" on {d.nodes} nodes" if d.nodes > 1 else ""
         where = f"{d.world_size} rank{'s' if d.world_size > 1 else ''}{nodes} ({d.backend or 'single process'}, {d.device.type})"
+        # the peak lr (the optimizer's own is the warm-up's first value until the scheduler moves it)
+        warmup = f" after {cfg.sched.warmup_epochs:g} warm-up epoch(s) from {cfg.sched.warmup_lr:.2g}" \
+            if cfg.sched.warmup_epochs else ""
         log(d, f"{where} | global batch {self.global_batch} = {cfg.data.batch_size}/rank x {d.world_size} x "
-                f"{cfg.optim.accum_steps} accum | lr {self.optimizer.param_groups[0]['lr']:.4g} | "
+                f"{cfg.optim.accum_steps} accum | lr {scaled_lr(cfg, self.global_batch):.4g}{warmup} | "
                 f"{self.updates_per_epoch} steps/epoch x {cfg.run.epochs} epochs | out {self.out}")
         if self.resume_from is not None:
             p = self.progress
