@@ -13,6 +13,14 @@ def add_run_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=["model", "ema"], default="model")
 
 
+def add_calibration_arguments(p: argparse.ArgumentParser, seed_help: str = "calibration order") -> None:
+    """The options prune and fold share: the calibration pass and the before/after evaluation."""
+    p.add_argument("--calibration-batches", type=int, default=4, help="training batches for the excitation statistics")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--eval-batches", type=int, default=None, metavar="N",
+                   help="also report validation accuracy before and after, on N batches (0: skip; default: all)")
+
+
 def load_run(path: str, weights: str = "model") -> tuple[Any, Any, Path]:
     """``(config, model with the trained weights, run directory)``; a one-line error for anything else."""
     from safetensors.torch import load_file

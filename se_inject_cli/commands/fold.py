@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._trained import add_run_argument
+from ._trained import add_calibration_arguments, add_run_argument
 
 HELP = "fold near-constant SE blocks of a trained model into the layers before them (prints the plan; -o saves)"
 
@@ -17,10 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_argument(p)
     p.add_argument("--tolerance", type=float, required=True,
                    help="fold a block when no channel's gate varies by more than this (standard deviation)")
-    p.add_argument("--calibration-batches", type=int, default=4, help="training batches for the excitation statistics")
-    p.add_argument("--seed", type=int, default=0, help="calibration order")
-    p.add_argument("--eval-batches", type=int, default=None, metavar="N",
-                   help="also report validation accuracy before and after, on N batches (0: skip; default: all)")
+    add_calibration_arguments(p)
     p.add_argument("-o", "--output", default=None, help="folded.pt (the whole model); without it only the plan")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._trained import add_run_argument
+from ._trained import add_calibration_arguments, add_run_argument
 
 HELP = "prune a trained SE model to fewer MACs, channels chosen by their excitation (or L1 magnitude, or at random)"
 
@@ -18,10 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amount", type=float, required=True, help="share of MACs to remove, in [0, 1)")
     p.add_argument("--importance", choices=["excitation", "magnitude", "random"], default="excitation",
                    help="which channels go (default: excitation)")
-    p.add_argument("--calibration-batches", type=int, default=4, help="training batches for the excitation statistics")
-    p.add_argument("--seed", type=int, default=0, help="calibration order and the random criterion")
-    p.add_argument("--eval-batches", type=int, default=None, metavar="N",
-                   help="also report validation accuracy before and after, on N batches (0: skip; default: all)")
+    add_calibration_arguments(p, "calibration order and the random criterion")
     p.add_argument("-o", "--output", required=True, help="pruned.pt (the whole model: torch.load(path, weights_only=False))")
 
 
