@@ -105,6 +105,17 @@ def torchrun(args: list[str], nproc: int = 2, launcher: tuple[str, ...] = (), sc
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *launcher, *entry, *args]
 
 
+#: a rank that aborts in C++ teardown after the run has completed and written everything. Seen once (2026-11-26,
+#: two xdist workers and a zoo sweep on 2 cores), in torch's exit path after destroy_process_group.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def aborted_after_completion(output: str) -> bool:
+    """True when the run printed its final line and only then a rank aborted on exit."""
+    done = output.rfind("best top-1 error")
+    return done >= 0 and output.find(TEARDOWN_ABORT, done) >= 0
+
+
 class Launched:
     """A trainer (or torchrun) process in its own session, its output in a file (a pipe nobody reads fills up)."""
 
