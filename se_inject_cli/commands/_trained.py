@@ -74,6 +74,14 @@ def accuracy(model: Any, loader: Any, batches: int | None) -> float:
     return 100.0 - evaluate(model, loader, torch.device("cpu"), limit=batches)["top1_err"]
 
 
+def print_accuracy_change(cfg: Any, before: Any, after: Any, batches: int | None, suffix: str = "") -> None:
+    """``validation top-1: A % -> B %`` of the model before and after a change (``--eval-batches 0``: nothing)."""
+    if batches == 0:
+        return
+    val = validation(cfg)
+    print(f"validation top-1: {accuracy(before, val, batches):.2f} % -> {accuracy(after, val, batches):.2f} %{suffix}")
+
+
 def check_output(path: str) -> Path:
     """``-o``'s path, or a one-line error before any work when its folder is missing."""
     from se_inject.errors import SEInjectError

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import se_inject
     from se_inject.compress.folding import check_tolerance
 
-    from ._trained import accuracy, calibration, check_output, load_run, save_model, validation
+    from ._trained import calibration, check_output, load_run, print_accuracy_change, save_model
     tolerance = check_tolerance(args.tolerance)
     out = check_output(args.output) if args.output else None
     cfg, model, _ = load_run(args.run, args.weights)
@@ -36,10 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{stats.summary()}\n(nothing written: pass -o folded.pt to fold)")
         return 0
     folded = se_inject.fold(model, stats, tolerance)
-    if args.eval_batches != 0:
-        val = validation(cfg)
-        print(f"validation top-1: {accuracy(model, val, args.eval_batches):.2f} % -> "
-              f"{accuracy(folded, val, args.eval_batches):.2f} %")
+    print_accuracy_change(cfg, model, folded, args.eval_batches)
     save_model(folded, out)
     print(f"saved to {out}")
     return 0

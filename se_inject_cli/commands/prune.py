@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from se_inject.accounting import count_macs, count_params
     from se_inject.compress.pruning import check_amount
 
-    from ._trained import accuracy, calibration, check_output, load_run, save_model, validation
+    from ._trained import calibration, check_output, load_run, print_accuracy_change, save_model
     amount = check_amount(args.amount)
     out = check_output(args.output)
     cfg, model, run_dir = load_run(args.run, args.weights)
@@ -45,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
     print("SE blocks (gated channels): " + ", ".join(
         f"{block.label or path} {before[path].channels}->{block.channels}"
         for path, block in se_blocks(small).items()))
-    if args.eval_batches != 0:
-        val = validation(cfg)
-        print(f"validation top-1: {accuracy(model, val, args.eval_batches):.2f} % -> "
-              f"{accuracy(small, val, args.eval_batches):.2f} % before fine-tuning")
+    print_accuracy_change(cfg, model, small, args.eval_batches, " before fine-tuning")
     save_model(small, out)
     print(f"saved to {out}; fine-tune it before use")
     return 0
