@@ -4,8 +4,9 @@ For each model name (in worker processes that import torch once and take model a
 failure is retried alone in a fresh process; resumable: names already in the results file are
 skipped), one JSON line with: sites by kind, every placement (module, kind, label, channels, reduced
 width, params) and skipped site, params added, plan/apply time, forward/backward ok, output shape
-unchanged, SE parameters reached by the gradient, ONNX export + onnxruntime parity of the original
-and of the rewritten model, and the error class/message of any failure. Then a report (``zoo.md``,
+unchanged, SE parameters reached by the gradient, ONNX export + onnxruntime parity of the rewritten
+model (and of the original where the rewritten one fails, to say whose failure it is; of every original
+with ``--export-original``), and the error class/message of any failure. Then a report (``zoo.md``,
 ``tv_zoo.md``; built by ``zoo_report.py``): totals, per family and category, failures by cause.
 
     python benchmarks/zoo.py --plan-only                  # planning alone, meta device (< 20 min)
@@ -18,7 +19,8 @@ and of the rewritten model, and the error class/message of any failure. Then a r
 
 Planning runs on a meta-device model (no weights). The full run builds the real model
 (``pretrained=False`` / ``weights=None``), applies SE, runs forward + backward at a small input
-size where the model accepts one (else its own size), and exports original and rewritten to ONNX.
+size where the model accepts one (else its own size), and exports the rewritten model to ONNX (the
+original too where that fails).
 How each source builds its models and how each category (classification, detection, segmentation,
 video) is run: ``zoo_sources.py``.
 """
@@ -186,7 +188,7 @@ def _se_grads_ok(model) -> bool:
     return bool(params) and all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in params)
 
 
-def full_one(name: str, export: bool, source: str = "timm") -> dict[str, Any]:
+def full_one(name: str, export: bool, source: str = "timm", original: str = "on-failure") -> dict[str, Any]:
     import torch
 
     import se_inject
@@ -276,18 +278,20 @@ def full_one(name: str, export: bool, source: str = "timm") -> dict[str, Any]:
         return out
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            out["orig_export"] = _export(model, Path(tmp) / "orig.onnx", size)
-            out["orig_export_ok"] = True
+            out["se_export"] = _export(se_model, Path(tmp) / "se.onnx", size)
+            out["se_export_ok"] = True
         except Exception as e:
-            out["orig_export_ok"] = False
-            out["orig_export_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-        if out["se_applied"]:
+            out["se_export_ok"] = False
+            out["se_export_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        # the original, where its result tells something: always (``--export-original``), or where the
+        # rewritten model failed, to say whose failure it is (the model's own, or the rewrite's)
+        if original == "always" or not out["se_export_ok"]:
             try:
-                out["se_export"] = _export(se_model, Path(tmp) / "se.onnx", size)
-                out["se_export_ok"] = True
+                out["orig_export"] = _export(model, Path(tmp) / "orig.onnx", size)
+                out["orig_export_ok"] = True
             except Exception as e:
-                out["se_export_ok"] = False
-                out["se_export_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                out["orig_export_ok"] = False
+                out["orig_export_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     return out
 
 
@@ -320,6 +324,7 @@ class Run:
     plan_only: bool = False
     export: bool = True
     timeout: int = 900
+    original: str = "on-failure"  # export the original model too: "always", or only where the rewritten one fails
 
     @property
     def mode(self) -> str:
@@ -327,7 +332,7 @@ class Run:
 
     def flags(self) -> list[str]:
         return (["--source", self.source, "--timeout", str(self.timeout)] + (["--plan-only"] if self.plan_only else [])
-                + ([] if self.export else ["--no-export"]))
+                + ([] if self.export else ["--no-export"]) + (["--export-original"] if self.original == "always" else []))
 
 
 def _failed(name: str, run: Run, **why: str) -> dict[str, Any]:
@@ -346,7 +351,7 @@ def _worker(args: tuple[str, Run]) -> dict[str, Any]:
     signal.alarm(run.timeout)
     t0 = time.perf_counter()
     try:
-        out = plan_one(name, run.source) if run.plan_only else full_one(name, run.export, run.source)
+        out = plan_one(name, run.source) if run.plan_only else full_one(name, run.export, run.source, run.original)
     except Timeout:
         out = _failed(name, run, error_stage="timeout", error_class="Timeout", error=f"over {run.timeout} s")
     except BaseException as e:  # a worker must report, never die silently
@@ -446,8 +451,9 @@ def sweep(names: list[str], results: Path, jobs: int, run: Run, serial_above: fl
                 row = json.loads(line)
                 last[row["name"]] = row
     # a full run takes up rewritten models that a --no-export run left without ONNX (the new line wins)
+    # (not those over MAX_EXPORT_PARAMS: the full run would skip their export and only repeat the rest)
     upgrade = {n for n, r in last.items() if run.mode == "full" and r.get("mode") == "forward"
-               and r.get("se_applied") and not r.get("error_stage")}
+               and r.get("se_applied") and not r.get("error_stage") and r.get("params", 0) <= MAX_EXPORT_PARAMS}
     done = set(last) - upgrade
     todo = [n for n in names if n not in done]
     if upgrade:  # in a fixed random order: the exports done by any time are a fair sample of the zoo
@@ -527,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="timm (every timm model) or tv (torchvision: classification, detection, segmentation, video)")
     ap.add_argument("--plan-only", action="store_true", help="meta-device planning only")
     ap.add_argument("--no-export", action="store_true", help="full run without ONNX export")
+    ap.add_argument("--export-original", action="store_true",
+                    help="export every original model too (default: only where the rewritten one fails, to say whose failure it is)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--filter", default="*", help="glob over model names")
     ap.add_argument("--names", type=Path, default=None, help="a file of model names, one a line")
@@ -543,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine and args.engine.resolve() != ENGINE:  # start again with the other engine first on sys.path
         os.environ["ZOO_ENGINE"] = str(args.engine.resolve())
         os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv])
-    run = Run(args.source, args.plan_only, not args.no_export, args.timeout)
+    run = Run(args.source, args.plan_only, not args.no_export, args.timeout,
+              "always" if args.export_original else "on-failure")
     if args.serve:
         return serve(run)
     if args.worker:
