@@ -134,3 +134,28 @@ def test_per_model_table(bench, tmp_path):
     assert ("| swin_v2_t | classification | ok | 24 | 0 | 3x96x96 | **no** | **no** | - | - | - | "
             "forward_backward: RuntimeError: mat1 and mat2 shapes cannot be multiplied |") in text
     assert "| resnet18 | classification | ok | 2 | 0 | - | ok | ok | ok | ok | ok / ok |  |" in text
+
+
+def test_rewritten_onnx_counts_the_rewrites_failures_only(bench, tmp_path):
+    """The sweep exports an original only where its rewritten model fails: a failure the original shares is
+    the model's (not counted), one the original does not share is the rewrite's; a forward-only row over
+    the export size limit is 'not tried', not 'not reached'."""
+    zoo_report, zoo_sources = bench
+    big = zoo_sources.MAX_EXPORT_PARAMS + 1
+    rows = [ok("resnet18", "classification", "resnet", params=11e6, se_export_ok=True),          # new: original not exported
+            ok("resnet34", "classification", "resnet", params=21e6, se_export_ok=True, orig_export_ok=True),  # older session
+            ok("levit_128", "classification", "levit", params=9e6, se_export_ok=False, orig_export_ok=False,
+               se_export_error="ExportError: x", orig_export_error="ExportError: x"),
+            ok("ghostnet_100", "classification", "ghostnet", params=5e6, se_export_ok=False, orig_export_ok=True,
+               se_export_error="ExportError: differs"),
+            ok("vit_giant", "classification", "vision_transformer", params=big, mode="forward"),
+            ok("resnet50", "classification", "resnet", params=25e6, mode="forward")]
+    results = tmp_path / "zoo.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = zoo_report.report(results, tmp_path / "zoo.md", ["--report-only"])
+    assert ("- ONNX: rewritten exports + ORT parity 2/3 (66.7%) (1 not reached by the export pass (`--no-export` rows), "
+            "0 failed before the export); not counted: 1 whose original model does not export either (levit_128)") in text
+    assert "- ONNX not tried: 1 over 400 M parameters" in text
+    assert "original exports + ORT parity 2/3 (66.7%); of those, rewritten exports + parity 1/2 (50.0%)" in text
+    tried, good, own = zoo_report.rewritten_onnx(rows)
+    assert [r["name"] for r in good] == ["resnet18", "resnet34"] and [r["name"] for r in own] == ["levit_128"]
