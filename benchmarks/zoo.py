@@ -441,25 +441,35 @@ def serve(run: Run) -> int:
     return 0
 
 
-def sweep(names: list[str], results: Path, jobs: int, run: Run, serial_above: float = 300e6) -> None:
-    """Run what ``results`` lacks. Planning runs in a pool of workers; the full run starts one process
-    per model, models over ``serial_above`` parameters last and one at a time (memory)."""
+def to_run(names: list[str], results: Path, run: Run, redo: bool = False) -> list[str]:
+    """The names of ``names`` that ``results`` lacks, in the order to run them. A full run also takes up
+    rewritten models that a ``--no-export`` run left without ONNX (the new line wins), in a fixed random
+    order so that the exports done by any time are a fair sample of the zoo; not those over
+    ``MAX_EXPORT_PARAMS``, whose export the full run would skip. ``redo``: every name, present or not
+    (after an engine change: the new lines win)."""
     last: dict[str, dict[str, Any]] = {}
     if results.exists():
         for line in results.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
                 last[row["name"]] = row
-    # a full run takes up rewritten models that a --no-export run left without ONNX (the new line wins)
-    # (not those over MAX_EXPORT_PARAMS: the full run would skip their export and only repeat the rest)
+    if redo:
+        return list(names)
     upgrade = {n for n, r in last.items() if run.mode == "full" and r.get("mode") == "forward"
                and r.get("se_applied") and not r.get("error_stage") and r.get("params", 0) <= MAX_EXPORT_PARAMS}
     done = set(last) - upgrade
     todo = [n for n in names if n not in done]
-    if upgrade:  # in a fixed random order: the exports done by any time are a fair sample of the zoo
+    if upgrade:
         import random
         random.Random(0).shuffle(todo)
-    print(f"{len(names)} models, {len(done & set(names))} already in {results.name}, {len(todo)} to run", flush=True)
+    return todo
+
+
+def sweep(names: list[str], results: Path, jobs: int, run: Run, serial_above: float = 300e6, redo: bool = False) -> None:
+    """Run what ``results`` lacks (:func:`to_run`). Planning runs in a pool of workers; the full run
+    starts one process per model, models over ``serial_above`` parameters last and one at a time (memory)."""
+    todo = to_run(names, results, run, redo)
+    print(f"{len(names)} models, {len(names) - len(todo)} already in {results.name}, {len(todo)} to run", flush=True)
     commit = _commit()
     t0 = time.perf_counter()
     count = iter(range(1, len(todo) + 1))
@@ -539,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--filter", default="*", help="glob over model names")
     ap.add_argument("--names", type=Path, default=None, help="a file of model names, one a line")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--redo", action="store_true",
+                    help="run the chosen models again even where the results have them (the new lines win)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
     ap.add_argument("--results", type=Path, default=None,
                     help="JSON lines file (default benchmarks/results/<zoo|tv_zoo>[_plan].jsonl); the report goes beside it as .md")
@@ -568,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     results = args.results or RESULTS / f"{stem}.jsonl"
     results.parent.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        sweep(names, results, args.jobs, run)
+        sweep(names, results, args.jobs, run, redo=args.redo)
     print(report(results, results.with_suffix(".md"), argv, src))
     return 0
 
