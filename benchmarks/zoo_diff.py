@@ -81,11 +81,36 @@ def _error(row: dict[str, Any]) -> str | None:
     return None
 
 
+def _diff_counts(old: dict[str, Any], new: dict[str, Any], d: ModelDiff) -> ModelDiff | None:
+    """For records without ``placements`` (sweeps before they were recorded): blocks by kind, skipped
+    sites by reason and parameters added compared as counts. Tokens as for blocks: ``-kind``/``+kind``
+    (fewer/more blocks of that kind, with a skip reason whose count grew/shrank), ``~params``."""
+    kinds, skips = (old.get("sites") or {}, new.get("sites") or {}), (old.get("skipped") or {}, new.get("skipped") or {})
+    grown = [why for why in set(skips[0]) | set(skips[1]) if skips[1].get(why, 0) > skips[0].get(why, 0)]
+    shrunk = [why for why in set(skips[0]) | set(skips[1]) if skips[1].get(why, 0) < skips[0].get(why, 0)]
+    for kind in sorted(set(kinds[0]) | set(kinds[1])):
+        a, b = kinds[0].get(kind, 0), kinds[1].get(kind, 0)
+        if a == b:
+            continue
+        whys = grown if b < a else shrunk
+        d.tokens.add(f"{'-' if b < a else '+'}{kind}" + (f"({'' if b < a else 'was '}{_reason(whys[0])})" if len(whys) == 1 else ""))
+        d.changes.append(f"{'-' if b < a else '+'} {kind}: {a} -> {b} blocks")
+    for why in sorted(grown + shrunk):
+        d.changes.append(f"  skipped, {why}: {skips[0].get(why, 0)} -> {skips[1].get(why, 0)}")
+    if not d.tokens and d.old_params != d.new_params:
+        d.tokens.add("~params")
+        d.changes.append(f"~ params added {d.old_params:,} -> {d.new_params:,}")
+    return d if d.tokens else None
+
+
 def diff_model(old: dict[str, Any], new: dict[str, Any]) -> ModelDiff | None:
-    """How ``new``'s plan differs from ``old``'s, or None where the placements are the same."""
+    """How ``new``'s plan differs from ``old``'s, or None where the placements are the same. Where
+    either record lacks ``placements`` (an older sweep), the counts are compared (:func:`_diff_counts`)."""
     a, b = _blocks(old), _blocks(new)
-    d = ModelDiff(old["name"], new.get("family") or old.get("family", "?"), len(a), len(b),
+    d = ModelDiff(old["name"], new.get("family") or old.get("family", "?"), old.get("se", len(a)), new.get("se", len(b)),
                   old.get("params_added", 0), new.get("params_added", 0))
+    if "placements" not in old or "placements" not in new:
+        return _diff_counts(old, new, d)
     by_where = {x["where"]: x for x in b}
     matched: list[tuple[dict, dict]] = []
     gone = []

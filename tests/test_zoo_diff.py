@@ -83,3 +83,18 @@ def test_report_text(zoo_diff, tmp_path, capsys):
     assert "- **1** `+concat -conv` — families: densenet (1)" in text
     assert "- breaks: old: ok | new: plan: TraceError: boom" in text
     assert "  - SE_2_1 residual blocks.0.se (32 ch): now skipped, already gated" in text
+
+
+def test_records_without_placements_are_compared_by_counts(zoo_diff):
+    """Sweeps before placements were recorded: blocks by kind, skips by reason and parameters added."""
+    attention = "unsupported layout: an attention tensor (B, heads, N, d) from a matrix product"
+    old = {"name": "coat_mini", "family": "coat", "se": 34, "sites": {"residual": 30, "inception": 4},
+           "skipped": {"token layout (B, N, C)": 16}, "params_added": 44722}
+    new = row("coat_mini", [block("cpe1.se", "residual", "SE_2_1", 64)] * 4 + [block("crpe1.se", "inception", "SE_2_2", 64)] * 4,
+              family="coat", sites={"residual": 4, "inception": 4})
+    new["skipped"] = {"token layout (B, N, C)": 16, attention: 26}
+    d = zoo_diff.diff_model(old, new)
+    assert d.signature == f"-residual({attention})" and (d.old_se, d.new_se) == (34, 8)
+    assert d.changes == ["- residual: 30 -> 4 blocks", f"  skipped, {attention}: 0 -> 26"]
+    assert zoo_diff.diff_model(old, dict(old)) is None
+    assert zoo_diff.diff_model(old, {**old, "params_added": 1}).signature == "~params"
