@@ -100,6 +100,10 @@ CAT_FUNCTIONS = frozenset({torch.cat, torch.concat, torch.concatenate})
 CONV_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d})
 #: functions that apply learned weights (their depth counts like a conv's)
 LEARNED_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear, torch.matmul, torch.bmm})
+#: matrix products: a rank-4 one is attention (``(B, heads, N, d)``), whose dim 1 counts heads, not channels
+MATRIX_PRODUCT_FUNCTIONS = frozenset({torch.matmul, operator.matmul, torch.bmm, torch.einsum,
+                                      F.scaled_dot_product_attention})
+MATRIX_PRODUCT_METHODS = frozenset({"matmul", "bmm", "__matmul__"})
 ACT_FUNCTIONS = frozenset({F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, F.mish,
                            F.elu, F.relu_, torch.relu_})
 ACT_METHODS = frozenset({"relu", "relu_"})

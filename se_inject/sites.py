@@ -51,6 +51,8 @@ __all__ = ["Site", "find_sites", "KINDS"]
 
 #: every site kind, in the order a plan lists them.
 KINDS = ("residual", "multibranch", "inception", "split", "concat", "conv")
+#: why a join of attention tensors is not a site (``SiteFinder._attention_product``)
+ATTENTION_REASON = "an attention tensor (B, heads, N, d) from a matrix product: dim 1 counts heads, not channels"
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,30 @@ class _Finder:
             return "nlc", shape[-1], (shape[1],), ""
         return "nhwc", shape[-1], tuple(shape[1:-1]), ""
 
+    def _attention_product(self, n: fx.Node) -> bool:
+        """``n``, followed back through nodes of its own shape that learn nothing (a scale, a bias,
+        dropout, an activation), is a matrix product: an attention tensor ``(B, heads, N, d)``, whose
+        dim 1 counts heads, not channels. CoaT adds its factorised attention to a conv position
+        encoding of that shape; a map reshaped from attention (EfficientFormerV2) or convolved after
+        it (non-local blocks) is not one: the walk stops at the reshape or the conv."""
+        shape = self.o.shape(n)
+        seen: set[fx.Node] = set()
+        stack = [n]
+        while stack:
+            cur = stack.pop()
+            if not isinstance(cur, fx.Node) or cur in seen or self.o.shape(cur) != shape:
+                continue
+            seen.add(cur)
+            if ((cur.op == "call_function" and cur.target in ops.MATRIX_PRODUCT_FUNCTIONS)
+                    or (cur.op == "call_method" and cur.target in ops.MATRIX_PRODUCT_METHODS)):
+                return True
+            m = self.o.submodule(cur)
+            if (m is not None and ops.learned_layers(m)) or (
+                    cur.op == "call_function" and cur.target in ops.LEARNED_FUNCTIONS):
+                continue
+            stack.extend(cur.all_input_nodes)
+        return False
+
     def _stage(self, layout: str | None, spatial: tuple[int, ...]) -> int | None:
         if layout not in ("nchw", "nhwc") or not spatial or min(spatial) <= 0:
             return None
@@ -165,11 +191,13 @@ class _Finder:
 
     def add_site(self, kind: str, n: fx.Node, *, fuse: fx.Node | None = None, gated: bool = False,
                  detail: str = "", channel_dim: int | None = None, covered_by: str | None = None,
-                 dilation: int = 1) -> Site | None:
+                 dilation: int = 1, not_a_map: str = "") -> Site | None:
         shape = self.o.shape(n)
         if shape is None:
             return None
         layout, channels, spatial, why = self._layout(n, shape, channel_dim)
+        if not_a_map:
+            layout, spatial, why = None, (), not_a_map
         status, reason = (Code.ALREADY_GATED, Code.ALREADY_GATED.message) if gated else (Code.OK, "")
         if status is Code.OK and layout is None:
             status, reason = Code.UNSUPPORTED_LAYOUT, f"unsupported layout: {why}"
@@ -231,6 +259,8 @@ class _Finder:
             deepest = max(depths)
             if deepest == 0:
                 continue
+            attention = len(shape) >= 4 and any(self._attention_product(t) for t in terms)
+            not_a_map = ATTENTION_REASON if attention else ""
             tops = [t for t, d in zip(terms, depths) if d == deepest]
             if len(tops) == 1:
                 branch = tops[0]
@@ -243,13 +273,13 @@ class _Finder:
                 shortcut = [t for t in terms if t is not branch]
                 detail = "shortcut: " + ", ".join("identity" if t is fork or o.depth(fork, t) == 0 else t.name for t in shortcut)
                 self.add_site("residual", core, fuse=n if direct else None,
-                              gated=gated, detail=detail, dilation=o.dilation(region))
+                              gated=gated, detail=detail, dilation=o.dilation(region), not_a_map=not_a_map)
             else:
                 for t in terms:
                     self.covered.update(dict.fromkeys(o.region(fork, t), n.name))
                 gated = o.is_gate(o.single_user(n)) if o.single_user(n) is not None else False
                 self.add_site("multibranch", n, gated=gated,
-                              detail=f"{len(terms)} terms, {len(tops)} learned branches")
+                              detail=f"{len(terms)} terms, {len(tops)} learned branches", not_a_map=not_a_map)
         # our own fused SE (se(x, shortcut)) replaced an add: report it as gated, do not add again
         for n in o.mg.graph.nodes:
             m = o.submodule(n)

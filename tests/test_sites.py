@@ -123,3 +123,41 @@ def test_conv1d_maps_stay_channels_first():
     sites = [s for s in sites_of(net) if s.kind == "conv"]
     assert sites and all(s.layout == "nchw" and s.channels == 8 for s in sites), sites
 
+
+
+class _HeadsAttention(nn.Module):
+    """CoaT's factorised attention: ``q @ (softmax(k)^T v)``, shape ``(B, heads, N, d)``, scaled and
+    added to a conv position encoding of the same shape: a join of attention tensors, not of a map.
+    ``reshape_first``: the product is reshaped to ``(B, C, H, W)`` and added to a depthwise conv of
+    the map (EfficientFormerV2's ``attn @ v`` + ``v_local``): a map, a site."""
+
+    def __init__(self, c: int = 32, heads: int = 4, reshape_first: bool = False):
+        super().__init__()
+        self.heads, self.reshape_first = heads, reshape_first
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.pos = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.proj = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        pos = self.pos(v)
+        if self.reshape_first:
+            attn = q.flatten(2).transpose(1, 2) @ (k.flatten(2).softmax(-1) @ v.flatten(2).transpose(1, 2))
+            return self.proj(attn.transpose(1, 2).reshape(b, c, h, w) + pos)
+        heads = [t.reshape(b, self.heads, c // self.heads, h * w).transpose(2, 3) for t in (q, k, v, pos)]
+        q, k, v, pos = heads
+        out = 0.5 * (q @ (k.softmax(2).transpose(2, 3) @ v)) + q * pos
+        return self.proj(out.transpose(2, 3).reshape(b, c, h, w))
+
+
+@pytest.mark.parametrize("reshape_first", [False, True])
+def test_attention_heads_are_not_channels(reshape_first):
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), _HeadsAttention(reshape_first=reshape_first))
+    joins = [s for s in sites_of(net) if s.kind in ("residual", "multibranch")]
+    assert len(joins) == 1, joins
+    if reshape_first:
+        assert joins[0].status is Code.OK and joins[0].layout == "nchw" and joins[0].channels == 32
+    else:
+        assert joins[0].status is Code.UNSUPPORTED_LAYOUT and "heads, not channels" in joins[0].reason
+        assert not any(p.site is joins[0] for p in se_inject.plan(net, input_size=(3, 8, 8)).placements)
