@@ -243,12 +243,24 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
         raise TraceError(f"rewriting failed before any change to the model: {type(e).__name__}: {e}") from e
 
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    replaced: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(original) -> (original, rewritten)
     # Shallow owners first: a deeper owner is then set inside its (already rewritten) parent.
     for path in sorted(built, key=lambda p: p.count(".")):
         parent_path, _, name = path.rpartition(".")
         parent = model.get_submodule(parent_path)
-        swapped.append((parent, name, parent._modules[name]))
+        original = parent._modules[name]
+        swapped.append((parent, name, original))
         parent._modules[name] = built[path]
+        replaced[id(original)] = (original, built[path])
+    # A module held by several parents (CoaT's cpe/crpe: by the model and by each block that runs
+    # them) is planned once, at its first path; every other holder gets the rewritten one too, or
+    # those blocks would go on running it without its SE blocks.
+    for holder in list(model.modules()):
+        for key, child in list(holder._modules.items()):
+            original, rewritten = replaced.get(id(child), (None, None))
+            if child is not None and child is original:
+                swapped.append((holder, key, child))
+                holder._modules[key] = rewritten
     if check:
         try:
             with preserved(model):  # the check's forward leaves no trace (issue 10: cached anchors)

@@ -48,3 +48,50 @@ def test_specialised_arguments_keep_their_names(timm_model):
     x = torch.randn(1, 32, 56, 56)
     with torch.no_grad():
         tree(x, children=None)  # callers that pass the argument by name still work
+
+
+class _SharedUnit(torch.nn.Module):
+    """A residual conv unit that one model holds and two of its blocks run (CoaT's cpe/crpe)."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return x + self.bn(self.conv(x))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, shared: torch.nn.Module, c: int = 16):
+        super().__init__()
+        self.pos, self.mix = shared, torch.nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return self.mix(self.pos(x)).relu()
+
+
+class _SharedNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.pos = _SharedUnit()
+        self.blocks = torch.nn.Sequential(_Block(self.pos), _Block(self.pos))
+
+    def forward(self, x):
+        return self.blocks(self.stem(x)).mean((2, 3))
+
+
+def test_a_shared_module_is_rewritten_wherever_it_is_held():
+    """The shared unit is planned once (at its first path) and every block runs the rewritten one:
+    its SE block runs twice a forward and gets a gradient."""
+    torch.manual_seed(0)
+    net = se_inject.apply(_SharedNet(), input_size=(3, 8, 8), init="identity")
+    blocks = [m for m in net.modules() if isinstance(m, SqueezeExcite)]
+    assert len(blocks) == 1
+    assert net.blocks[0].pos is net.pos and net.blocks[1].pos is net.pos
+    calls = []
+    blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    net.train()
+    net(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert len(calls) == 2
+    assert all(p.grad is not None for p in blocks[0].parameters())
