@@ -73,7 +73,8 @@ def _commands(rows: list[dict[str, Any]], source: Source, argv: list[str], resul
     memory = "; `ZOO_MEM_GB=15` for the models over 300 M params" if source.key == "timm" else ""
     return (f"- commands: `python benchmarks/zoo.py{flag} --jobs 2 --no-export` (every model: plan, apply, forward, "
             f"backward), then `python benchmarks/zoo.py{flag} --jobs 2` (adds the ONNX exports to the rewritten "
-            f"models, in a fixed random order){memory}; invocations in `{source.stem}.sessions.jsonl`")
+            f"models, in a fixed random order){memory}; `--redo --names FILE` for rows an engine change made stale; "
+            f"invocations in `{source.stem}.sessions.jsonl`")
 
 
 #: a report on this many models or fewer (torchvision's 107) lists every model
@@ -177,7 +178,7 @@ def report(results: Path, out: Path, argv: list[str], source: Source | str = "ti
         f"- {versions}; commit {sorted({r.get('commit', '?') for r in rows})}; "
         f"{datetime.date.today()}; {platform.machine()}, {os.cpu_count()} cores",
         _commands(rows, source, argv, results),
-        f"- mode: {'full (create, plan, apply, forward, backward, ONNX export of original and rewritten)' if full else 'planning only, on the meta device'}"
+        f"- mode: {'full (create, plan, apply, forward, backward, ONNX export of the rewritten model, and of the original where that fails or with `--export-original`, as every original in the earlier sessions)' if full else 'planning only, on the meta device'}"
         + (f"; {sum(r.get('mode') == 'forward' and bool(r.get('se_applied')) for r in rows)} rewritten models without ONNX export (`--no-export`)" if full else ""),
     ]
     if source.key == "tv":
