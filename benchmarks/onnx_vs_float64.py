@@ -26,13 +26,29 @@ import se_inject  # noqa: E402
 from benchmarks._report import emit  # noqa: E402
 
 
-def measure(name: str, se: bool, seed: int, side: int) -> dict[str, float]:
+def calibrate_batch_norm(model: torch.nn.Module, batches: int, side: int) -> None:
+    """BN running statistics from ``batches`` train-mode forwards of random batches (their plain mean):
+    an untrained net's activations then stay near unit scale, as a trained net's do."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(8, 3, side, side))
+    model.eval()
+
+
+def measure(name: str, se: bool, seed: int, side: int, calibrate: int = 0) -> dict[str, float]:
     import onnxruntime as ort
     import timm
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False).eval()
     if se:
         model = se_inject.apply(model).eval()
+    if calibrate:
+        calibrate_batch_norm(model, calibrate, side)
     x = torch.randn(2, 3, side, side)
     with tempfile.TemporaryDirectory() as d:
         path = f"{d}/model.onnx"
@@ -52,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("models", nargs="+")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--side", type=int, default=96)
+    p.add_argument("--calibrate-bn", type=int, default=0, metavar="N",
+                   help="set BN running statistics from N random train-mode batches first (unit-scale activations)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -61,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
              f"- date: {datetime.date.today()}; torch {torch.__version__}, timm {timm.__version__}, "
              f"onnxruntime {onnxruntime.__version__}; CPU",
              f"- command: `PYTHONPATH=. python benchmarks/onnx_vs_float64.py {' '.join(argv or sys.argv[1:])}`",
-             f"- untrained weights (seed), input randn(2, 3, {args.side}, {args.side}) (same seed); error: max |y - y64| / "
+             f"- untrained weights (seed){f', BN statistics from {args.calibrate_bn} random train-mode batches' if args.calibrate_bn else ''}, input randn(2, 3, {args.side}, {args.side}) (same seed); error: max |y - y64| / "
              "max |y64|, y64 the same PyTorch model in float64; the last column is what `export_onnx` checks "
              "(against 1e-4)", "",
              "| model | seed | max abs logit | PyTorch fp32 vs float64 | ONNX Runtime vs float64 | ONNX Runtime vs PyTorch fp32 |",
@@ -69,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         for se in (False, True):
             for seed in args.seeds:
-                r = measure(name, se, seed, args.side)
+                r = measure(name, se, seed, args.side, args.calibrate_bn)
                 lines.append(f"| {name}{' + SE' if se else ''} | {seed} | {r['max_logit']:.2g} | {r['torch32']:.1e} "
                              f"| {r['ort']:.1e} | {r['ort_vs_torch32']:.1e} |")
                 print(lines[-1], flush=True)
