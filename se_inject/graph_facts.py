@@ -156,6 +156,12 @@ class GraphFacts:
             return n.target in ops.ACT_FUNCTIONS
         return n.op == "call_method" and n.target in ops.ACT_METHODS
 
+    def is_matrix_product(self, n: fx.Node) -> bool:
+        """``matmul``, ``@``, ``bmm``, ``einsum`` or SDPA: of rank 4, an attention tensor."""
+        if n.op == "call_function":
+            return n.target in ops.MATRIX_PRODUCT_FUNCTIONS
+        return n.op == "call_method" and n.target in ops.MATRIX_PRODUCT_METHODS
+
     def is_norm(self, n: fx.Node) -> bool:
         m = self.submodule(n)
         if m is not None:

@@ -29,6 +29,7 @@ from ._torch_compat import ConvNd, NormBase
 __all__ = ["is_gate", "contains_gate", "is_act", "is_norm", "is_norm_act", "is_transparent", "is_conv", "is_learned",
            "learned_layers", "fresh_output", "conv_dilation", "CHANNEL_GATES", "ACTS", "NORMS", "NORM_ACTS", "TRANSPARENT",
            "ADD_FUNCTIONS", "ADD_METHODS", "CAT_FUNCTIONS", "CONV_FUNCTIONS", "LEARNED_FUNCTIONS",
+           "MATRIX_PRODUCT_FUNCTIONS", "MATRIX_PRODUCT_METHODS",
            "ACT_FUNCTIONS", "ACT_METHODS", "TRANSPARENT_FUNCTIONS", "SPLIT_FUNCTIONS", "SPLIT_METHODS"]
 
 

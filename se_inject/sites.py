@@ -170,14 +170,10 @@ class _Finder:
             if not isinstance(cur, fx.Node) or cur in seen or self.o.shape(cur) != shape:
                 continue
             seen.add(cur)
-            if ((cur.op == "call_function" and cur.target in ops.MATRIX_PRODUCT_FUNCTIONS)
-                    or (cur.op == "call_method" and cur.target in ops.MATRIX_PRODUCT_METHODS)):
+            if self.o.is_matrix_product(cur):
                 return True
-            m = self.o.submodule(cur)
-            if (m is not None and ops.learned_layers(m)) or (
-                    cur.op == "call_function" and cur.target in ops.LEARNED_FUNCTIONS):
-                continue
-            stack.extend(cur.all_input_nodes)
+            if not self.o.convs(cur):  # nothing learned: follow it back
+                stack.extend(cur.all_input_nodes)
         return False
 
     def _stage(self, layout: str | None, spatial: tuple[int, ...]) -> int | None:
