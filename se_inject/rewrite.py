@@ -257,10 +257,10 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
     # those blocks would go on running it without its SE blocks.
     for holder in list(model.modules()):
         for key, child in list(holder._modules.items()):
-            original, rewritten = replaced.get(id(child), (None, None))
-            if child is not None and child is original:
+            pair = replaced.get(id(child))
+            if pair is not None and pair[0] is child:
                 swapped.append((holder, key, child))
-                holder._modules[key] = rewritten
+                holder._modules[key] = pair[1]
     if check:
         try:
             with preserved(model):  # the check's forward leaves no trace (issue 10: cached anchors)
