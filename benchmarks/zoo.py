@@ -162,6 +162,17 @@ def _export(model, path: Path, size) -> dict[str, Any]:
     return {"exporter": report.exporter, "rel_diff": report.max_rel_diff}
 
 
+def _export_into(out: dict[str, Any], key: str, model, path: Path, size) -> bool:
+    """``_export`` with its result, or its error, recorded under ``<key>_export``; whether it passed."""
+    try:
+        out[f"{key}_export"] = _export(model, path, size)
+        out[f"{key}_export_ok"] = True
+    except Exception as e:
+        out[f"{key}_export_ok"] = False
+        out[f"{key}_export_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    return out[f"{key}_export_ok"]
+
+
 def _forward_backward(model, se_model, task, size, out: dict[str, Any]) -> None:
     """Eval forward of both models at ``size`` (outputs' signature compared), then a training-mode
     backward of the rewritten one; fills ``shape_ok``, ``forward_ok``, ``backward_ok``, ``se_grad_ok``."""
@@ -188,7 +199,7 @@ def _se_grads_ok(model) -> bool:
     return bool(params) and all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in params)
 
 
-def full_one(name: str, export: bool, source: str = "timm", original: str = "on-failure") -> dict[str, Any]:
+def full_one(name: str, export: bool, source: str = "timm", export_original: bool = False) -> dict[str, Any]:
     import torch
 
     import se_inject
@@ -277,21 +288,10 @@ def full_one(name: str, export: bool, source: str = "timm", original: str = "on-
         out["export_skipped"] = f"over {MAX_EXPORT_PARAMS / 1e6:.0f} M parameters"
         return out
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            out["se_export"] = _export(se_model, Path(tmp) / "se.onnx", size)
-            out["se_export_ok"] = True
-        except Exception as e:
-            out["se_export_ok"] = False
-            out["se_export_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         # the original, where its result tells something: always (``--export-original``), or where the
         # rewritten model failed, to say whose failure it is (the model's own, or the rewrite's)
-        if original == "always" or not out["se_export_ok"]:
-            try:
-                out["orig_export"] = _export(model, Path(tmp) / "orig.onnx", size)
-                out["orig_export_ok"] = True
-            except Exception as e:
-                out["orig_export_ok"] = False
-                out["orig_export_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        if not _export_into(out, "se", se_model, Path(tmp) / "se.onnx", size) or export_original:
+            _export_into(out, "orig", model, Path(tmp) / "orig.onnx", size)
     return out
 
 
@@ -324,7 +324,7 @@ class Run:
     plan_only: bool = False
     export: bool = True
     timeout: int = 900
-    original: str = "on-failure"  # export the original model too: "always", or only where the rewritten one fails
+    export_original: bool = False  # every original model too (else only where the rewritten one fails)
 
     @property
     def mode(self) -> str:
@@ -332,7 +332,7 @@ class Run:
 
     def flags(self) -> list[str]:
         return (["--source", self.source, "--timeout", str(self.timeout)] + (["--plan-only"] if self.plan_only else [])
-                + ([] if self.export else ["--no-export"]) + (["--export-original"] if self.original == "always" else []))
+                + ([] if self.export else ["--no-export"]) + (["--export-original"] if self.export_original else []))
 
 
 def _failed(name: str, run: Run, **why: str) -> dict[str, Any]:
@@ -351,7 +351,7 @@ def _worker(args: tuple[str, Run]) -> dict[str, Any]:
     signal.alarm(run.timeout)
     t0 = time.perf_counter()
     try:
-        out = plan_one(name, run.source) if run.plan_only else full_one(name, run.export, run.source, run.original)
+        out = plan_one(name, run.source) if run.plan_only else full_one(name, run.export, run.source, run.export_original)
     except Timeout:
         out = _failed(name, run, error_stage="timeout", error_class="Timeout", error=f"over {run.timeout} s")
     except BaseException as e:  # a worker must report, never die silently
@@ -447,14 +447,14 @@ def to_run(names: list[str], results: Path, run: Run, redo: bool = False) -> lis
     order so that the exports done by any time are a fair sample of the zoo; not those over
     ``MAX_EXPORT_PARAMS``, whose export the full run would skip. ``redo``: every name, present or not
     (after an engine change: the new lines win)."""
+    if redo:
+        return list(names)
     last: dict[str, dict[str, Any]] = {}
     if results.exists():
         for line in results.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
                 last[row["name"]] = row
-    if redo:
-        return list(names)
     upgrade = {n for n, r in last.items() if run.mode == "full" and r.get("mode") == "forward"
                and r.get("se_applied") and not r.get("error_stage") and r.get("params", 0) <= MAX_EXPORT_PARAMS}
     done = set(last) - upgrade
@@ -563,8 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine and args.engine.resolve() != ENGINE:  # start again with the other engine first on sys.path
         os.environ["ZOO_ENGINE"] = str(args.engine.resolve())
         os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv])
-    run = Run(args.source, args.plan_only, not args.no_export, args.timeout,
-              "always" if args.export_original else "on-failure")
+    run = Run(args.source, args.plan_only, not args.no_export, args.timeout, args.export_original)
     if args.serve:
         return serve(run)
     if args.worker:

@@ -34,16 +34,16 @@ def exports(zoo, monkeypatch):
     return calls, failing
 
 
-@pytest.mark.parametrize("original,failing,expected", [
-    ("on-failure", set(), ["se"]),                    # the rewritten model exports: nothing to attribute
-    ("on-failure", {"se"}, ["se", "orig"]),           # it fails: does the original export?
-    ("on-failure", {"se", "orig"}, ["se", "orig"]),   # neither: the model's failure, not the rewrite's
-    ("always", set(), ["se", "orig"]),
+@pytest.mark.parametrize("export_original,failing,expected", [
+    (False, set(), ["se"]),                    # the rewritten model exports: nothing to attribute
+    (False, {"se"}, ["se", "orig"]),           # it fails: does the original export?
+    (False, {"se", "orig"}, ["se", "orig"]),   # neither: the model's failure, not the rewrite's
+    (True, set(), ["se", "orig"]),
 ])
-def test_full_run_exports_the_original_where_it_tells_something(zoo, exports, original, failing, expected):
+def test_full_run_exports_the_original_where_it_tells_something(zoo, exports, export_original, failing, expected):
     calls, fails = exports
     fails.update(failing)
-    out = zoo.full_one("test_resnet", export=True, original=original)
+    out = zoo.full_one("test_resnet", export=True, export_original=export_original)
     assert out["forward_ok"] and out["backward_ok"] and out["se_applied"] > 0, out
     assert calls == expected
     assert out["se_export_ok"] is ("se" not in failing)
