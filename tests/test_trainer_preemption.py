@@ -29,6 +29,20 @@ def test_handlers_are_put_back_and_a_second_signal_changes_nothing():
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="replaces a handler through glibc's signal()")
+def test_poll_puts_back_a_handler_a_native_library_replaced():
+    import ctypes
+    libc_signal = ctypes.CDLL(None).signal
+    libc_signal.argtypes, libc_signal.restype = (ctypes.c_int, ctypes.c_void_p), ctypes.c_void_p
+    with PreemptionSignals() as stop:
+        # what LLVM does underneath Python (which still reports its own handler): here the signal is dropped
+        libc_signal(signal.SIGUSR1, 1)  # SIG_IGN
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.poll() is None
+        os.kill(os.getpid(), signal.SIGUSR1)  # after a poll (the trainer polls once per step) it is heard again
+        assert stop.poll() == "SIGUSR1"
+
+
 def test_outside_the_main_thread_it_stays_out_of_the_way():
     seen = []
 

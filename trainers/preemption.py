@@ -51,6 +51,21 @@ class PreemptionSignals:
             self.installed = True
         return self
 
+    def poll(self) -> str | None:
+        """``requested``, after putting the handlers back in place.
+
+        Native code can replace a handler underneath Python, which goes on reporting its own. On an H200 under
+        ``run.cuda_graphs`` a SIGUSR1 forwarded by torchrun was dropped and the run trained on, and a probe
+        found the C-level SIGUSR1 handler replaced by one in a shared library (which one was not pinned down;
+        LLVM, inside Triton, installs such a handler): ``benchmarks/results/gpu_reliability.md``. The trainer
+        calls this once per optimizer step (two ``sigaction`` calls), so a replaced handler cannot outlive
+        the step it appeared in; a signal that lands inside that step can still be lost.
+        """
+        if self.installed:
+            for sig in self.signals:
+                signal.signal(sig, self._handle)
+        return self.requested
+
     def __exit__(self, *exc: object) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)

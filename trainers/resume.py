@@ -154,7 +154,7 @@ class Checkpointing:
                       f"{detail}; skipped on every rank (run.nonfinite=skip)")
 
     def _stop_requested(self) -> bool:
-        return self.signals.requested is not None
+        return self.signals.poll() is not None  # once per step: puts back a handler a library replaced
 
     def _halt(self, halt: Stopped, p: EpochProgress) -> None:
         """The loop stopped early: write the one checkpoint that lets a run continue, then end this one."""
