@@ -43,6 +43,40 @@ def test_poll_puts_back_a_handler_a_native_library_replaced():
         assert stop.poll() == "SIGUSR1"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="replaces a handler through glibc's signal()")
+def test_a_run_hears_sigusr1_after_a_native_library_replaced_its_handler(tmp_path, monkeypatch):
+    """The H200 failure (benchmarks/results/gpu_reliability.md) on the CPU: the handler is replaced under Python
+    during step 2, the signal comes at step 3; the run must stop there, not train on."""
+    import ctypes
+
+    from trainers import trainer
+    from trainers.train import main
+    libc_signal = ctypes.CDLL(None).signal
+    libc_signal.argtypes, libc_signal.restype = (ctypes.c_int, ctypes.c_void_p), ctypes.c_void_p
+    train_one_epoch, checks = trainer.train_one_epoch, []
+
+    def with_a_library(ctx, batches, progress, num_batches, **kw):
+        ask = ctx.stop_requested
+
+        def check() -> bool:
+            checks.append(progress.num_updates)
+            if len(checks) == 2:
+                libc_signal(signal.SIGUSR1, 1)  # SIG_IGN, where Python does not see it
+            elif len(checks) == 3:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return ask()
+
+        ctx.stop_requested = check
+        return train_one_epoch(ctx, batches, progress, num_batches, **kw)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", with_a_library)
+    sets = [f"run.out_dir={tmp_path}", "run.epochs=1", "run.progress=false", "data.dataset=synthetic",
+            "data.synthetic.train_samples=128", "data.synthetic.val_samples=16", "data.synthetic.size=[3,8,8]",
+            "data.batch_size=16", "data.workers=0", "model.name=cifar_resnet8"]
+    assert main([a for s in sets for a in ("--set", s)]) == ExitStatus.PREEMPTED
+    assert len(checks) == 3 and complete_steps(tmp_path) == [3]  # stopped after the signalled step, of 8
+
+
 def test_outside_the_main_thread_it_stays_out_of_the_way():
     seen = []
 
