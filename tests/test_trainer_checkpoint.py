@@ -120,11 +120,39 @@ def test_trainer_falls_back_on_auto_and_refuses_a_named_broken_checkpoint(tmp_pa
 
     resumed = run(args + ["--resume", "auto"])
     warnings = [line for line in resumed.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: {problem}; falling back to step-00000015"]
+    aside = out / "checkpoints" / "superseded-00000015"
+    assert warnings == [f"warning: {problem}; falling back to step-00000015",
+                        f"warning: resumed at step 15: the checkpoints past it (step-00000016) moved to {aside}, so new "
+                        "checkpoints are kept and --resume auto continues this run"]
     assert f"resumed from {older} at epoch 1, batch 7/8 (step 15)" in resumed.stdout
     # the redone step lands where the uninterrupted run did
     assert_identical(reference, load_file(str(out / "model.safetensors")), "model")
     assert load_checkpoint(out / "checkpoints" / "step-00000016").path.name == "step-00000016"
+    assert [p.name for p in aside.iterdir()] == ["step-00000016"]  # the broken one, kept for a look, out of the way
+
+
+@pytest.mark.slow
+def test_a_rewound_run_keeps_its_own_checkpoints_and_auto_resume_continues_it(tmp_path):
+    """``--resume`` an older checkpoint: the old timeline past it must neither push the new checkpoints out of
+    ``keep_last`` nor be what ``--resume auto`` picks next."""
+    from trainers.train import main
+    out = tmp_path / "run"
+    sets = [f"run.out_dir={out}", "run.deterministic=true", "run.progress=false", "data.dataset=synthetic",
+            "data.synthetic.train_samples=128", "data.synthetic.val_samples=16", "data.synthetic.size=[3,8,8]",
+            "data.batch_size=16", "data.workers=0", "model.name=cifar_resnet8", "checkpoint.every_steps=2"]
+    args = [a for s in sets for a in ("--set", s)]
+    assert main(args + ["--set", "run.epochs=2", "--set", "checkpoint.keep_last=100"]) == 0  # 8 steps an epoch
+    # rewind to step 4 and train to the end of epoch 0 (a lower lr, say): steps 6 and 8 again, keep_last 2
+    assert main(args + ["--set", "run.epochs=1", "--set", "checkpoint.keep_last=2", "--set", "optim.lr=0.01",
+                        "--resume", str(out / "checkpoints" / "step-00000004")]) == 0
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-00000008", "step-00000006"]
+    aside = sorted(p.name for p in (out / "checkpoints" / "superseded-00000004").iterdir())
+    assert aside == [f"step-{s:08d}" for s in (6, 8, 10, 12, 14, 16)]  # the old timeline, whole
+    assert load_checkpoint(out / "checkpoints" / "step-00000008").state["config"].count("lr: 0.01") == 1
+    # --resume auto continues the rewound run, not the old one
+    assert main(args + ["--set", "run.epochs=2", "--set", "checkpoint.keep_last=2", "--set", "optim.lr=0.01",
+                        "--resume", "auto"]) == 0
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-00000016", "step-00000014"]
 
 
 # -- writes that fail: a full disk, an I/O error mid-checkpoint --------------------------------------------------

@@ -40,7 +40,8 @@ from se_inject.files import write_atomically
 
 from .errors import CheckpointError, CheckpointWriteError
 
-__all__ = ["Checkpoint", "save_checkpoint", "save_weights", "load_checkpoint", "list_checkpoints", "find_latest", "MODEL_FILE",
+__all__ = ["Checkpoint", "save_checkpoint", "save_weights", "load_checkpoint", "list_checkpoints", "find_latest",
+           "set_aside_later", "MODEL_FILE",
            "EMA_FILE", "STATE_FILE", "MANIFEST_FILE"]
 
 MODEL_FILE, EMA_FILE, STATE_FILE, MANIFEST_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt", "manifest.json"
@@ -179,6 +180,36 @@ def list_checkpoints(root: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
+
+
+def set_aside_later(root: str | Path, step: int) -> tuple[Path | None, list[str]]:
+    """Move the checkpoints of ``root`` past ``step`` into a sibling folder ``superseded-<step>[-k]`` that
+    :func:`list_checkpoints` does not read. Returns that folder (None if nothing was moved) and the names moved.
+
+    A run resumed from ``step`` writes a new timeline from there. Checkpoints of the old one past ``step`` (or a
+    newer broken one that ``--resume auto`` skipped) would otherwise count as the newest: ``keep_last`` would
+    delete each new checkpoint as soon as it is written, and ``--resume auto`` would go back to the old timeline.
+
+        >>> import torch, tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for s in (2, 4, 6):
+        ...     _ = save_checkpoint(root, s, {"w": torch.ones(1)}, None, {}, keep_last=5)
+        >>> folder, moved = set_aside_later(root, 2)
+        >>> folder.name, moved, [p.name for p in list_checkpoints(root)]
+        ('superseded-00000002', ['step-00000006', 'step-00000004'], ['step-00000002'])
+    """
+    root = Path(root)
+    later = [p for p in list_checkpoints(root) if int(_NAME.match(p.name).group(1)) > step]
+    if not later:
+        return None, []
+    folder, k = root / f"superseded-{step:08d}", 1
+    while folder.exists():
+        k += 1
+        folder = root / f"superseded-{step:08d}-{k}"
+    folder.mkdir()
+    for path in later:
+        os.replace(path, folder / path.name)
+    return folder, [p.name for p in later]
 
 
 def _resolve(path: str | Path) -> Path:

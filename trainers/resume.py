@@ -87,6 +87,26 @@ class Checkpointing:
             return found
         return ckpt.load_checkpoint(choice)
 
+    def _set_aside_later(self) -> None:
+        """After a resume: checkpoints of this run past the step resumed belong to a timeline this run abandons
+        (a rewind, or a broken newer one ``--resume auto`` skipped). Rank 0 moves them aside, so that
+        ``keep_last`` keeps the new checkpoints and ``--resume auto`` continues this run."""
+        step, error = self.progress.num_updates, None
+        if self.d.is_main:
+            try:
+                folder, moved = ckpt.set_aside_later(self.ckpt_root, step)
+            except OSError as e:
+                error = CheckpointError(f"cannot move the checkpoints past step {step} out of {self.ckpt_root} "
+                                        f"({first_line(e, with_type=False)}); move or delete them, then resume again")
+            else:
+                if folder is not None:
+                    which = moved[0] if len(moved) == 1 else f"{len(moved)} checkpoints, {moved[-1]} to {moved[0]}"
+                    warn(self.d, f"resumed at step {step}: the checkpoints past it ({which}) moved to {folder}, so "
+                                  "new checkpoints are kept and --resume auto continues this run")
+        error = broadcast_object(error)
+        if error is not None:
+            raise error
+
     def _restore(self, c: ckpt.Checkpoint, model: nn.Module, scaler: Any) -> None:
         state = c.state
         if state.get("format") != STATE_FORMAT:

@@ -166,6 +166,8 @@ class _Run(Checkpointing):
                 raise CheckpointError(f"checkpoint {self.resume_from.path} has no EMA weights but ema is on; "
                                       "set ema=null or resume a run trained with EMA")
             self.ema.module.load_state_dict(self.resume_from.ema)
+        if self.resume_from is not None:  # the resume took: only now is the old timeline set aside
+            self._set_aside_later()
 
         wrapped, graphs, note = wrap_model(cfg, model, d.device, d.distributed)
         if note:
