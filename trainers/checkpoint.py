@@ -182,9 +182,10 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def set_aside_later(root: str | Path, step: int) -> tuple[Path | None, list[str]]:
-    """Move the checkpoints of ``root`` past ``step`` into a sibling folder ``superseded-<step>[-k]`` that
-    :func:`list_checkpoints` does not read. Returns that folder (None if nothing was moved) and the names moved.
+def set_aside_later(root: str | Path, step: int, keep: Path | None = None) -> tuple[Path | None, list[str]]:
+    """Move the checkpoints of ``root`` past ``step`` (all but ``keep``, the one being resumed) into a folder
+    ``superseded-<step>[-k]`` in ``root`` that :func:`list_checkpoints` does not read. Returns that folder (None
+    if nothing was moved) and the names moved, newest first; the moves are fsync'ed.
 
     A run resumed from ``step`` writes a new timeline from there. Checkpoints of the old one past ``step`` (or a
     newer broken one that ``--resume auto`` skipped) would otherwise count as the newest: ``keep_last`` would
@@ -199,7 +200,8 @@ def set_aside_later(root: str | Path, step: int) -> tuple[Path | None, list[str]
         ('superseded-00000002', ['step-00000006', 'step-00000004'], ['step-00000002'])
     """
     root = Path(root)
-    later = [p for p in list_checkpoints(root) if int(_NAME.match(p.name).group(1)) > step]
+    kept = keep.resolve() if keep is not None else None
+    later = [p for p in list_checkpoints(root) if int(_NAME.match(p.name).group(1)) > step and p.resolve() != kept]
     if not later:
         return None, []
     folder, k = root / f"superseded-{step:08d}", 1
@@ -207,8 +209,10 @@ def set_aside_later(root: str | Path, step: int) -> tuple[Path | None, list[str]
         k += 1
         folder = root / f"superseded-{step:08d}-{k}"
     folder.mkdir()
-    for path in later:
+    for path in later:  # newest first: a move that fails leaves the older ones, closest to the step resumed
         os.replace(path, folder / path.name)
+    _fsync_dir(folder)
+    _fsync_dir(root)
     return folder, [p.name for p in later]
 
 

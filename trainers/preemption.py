@@ -59,7 +59,8 @@ class PreemptionSignals:
         found the C-level SIGUSR1 handler replaced by one in a shared library (which one was not pinned down;
         LLVM, inside Triton, installs such a handler): ``benchmarks/results/gpu_reliability.md``. The trainer
         calls this once per optimizer step (two ``sigaction`` calls), so a replaced handler cannot outlive
-        the step it appeared in; a signal that lands inside that step can still be lost.
+        the step it appeared in (or the evaluation: the epoch end checks too); a signal that lands before the
+        next check can still be lost.
         """
         if self.installed:
             for sig in self.signals:

@@ -88,13 +88,14 @@ class Checkpointing:
         return ckpt.load_checkpoint(choice)
 
     def _set_aside_later(self) -> None:
-        """After a resume: checkpoints of this run past the step resumed belong to a timeline this run abandons
-        (a rewind, or a broken newer one ``--resume auto`` skipped). Rank 0 moves them aside, so that
-        ``keep_last`` keeps the new checkpoints and ``--resume auto`` continues this run."""
+        """After a resume: the checkpoints in this run's folder past the step resumed belong to a timeline this run
+        abandons (a rewind, a broken newer one ``--resume auto`` skipped, or another run's checkpoint resumed into
+        this folder). Rank 0 moves them aside, so that ``keep_last`` keeps the new checkpoints and ``--resume auto``
+        continues this run."""
         step, error = self.progress.num_updates, None
         if self.d.is_main:
             try:
-                folder, moved = ckpt.set_aside_later(self.ckpt_root, step)
+                folder, moved = ckpt.set_aside_later(self.ckpt_root, step, keep=self.resume_from.path)
             except OSError as e:
                 error = CheckpointError(f"cannot move the checkpoints past step {step} out of {self.ckpt_root} "
                                         f"({first_line(e, with_type=False)}); move or delete them, then resume again")
