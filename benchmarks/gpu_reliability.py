@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the launch helpers the reliability tests use
 
 from benchmarks._report import emit  # noqa: E402
-from trainer_runs import Launched, assert_identical, complete_steps, final_state, torchrun, worker_pid  # noqa: E402
+from trainer_runs import (Launched, assert_identical, assert_same_end, complete_steps, torchrun,  # noqa: E402
+                          worker_pid)
 
 from trainers.checkpoint import load_checkpoint  # noqa: E402
 
@@ -84,13 +85,7 @@ def cpu_setup() -> Setup:
 def same_end(reference: Path, out: Path) -> str:
     """'identical' or where the two runs' final states first differ."""
     try:
-        a, b = final_state(reference), final_state(out)
-        assert a["step"] == b["step"], f"last checkpoint {a['step']} vs {b['step']}"
-        for key in ("model", "ema", "optimizer"):
-            assert_identical(a[key], b[key], key)
-        for ra, rb in zip(a["history"], b["history"], strict=True):
-            keys = ("train_loss", "top1_err", "ema_top1_err")
-            assert [ra.get(k) for k in keys] == [rb.get(k) for k in keys], f"history {ra} vs {rb}"
+        assert_same_end(reference, out)
     except AssertionError as e:
         return f"differs: {str(e).splitlines()[0][:200]}"
     return "identical"

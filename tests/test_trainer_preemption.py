@@ -29,14 +29,18 @@ def test_handlers_are_put_back_and_a_second_signal_changes_nothing():
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="replaces a handler through glibc's signal()")
-def test_poll_puts_back_a_handler_a_native_library_replaced():
+def _drop_underneath_python(sig: int) -> None:
+    """Set ``sig`` to SIG_IGN through glibc, as a native library replaces a handler: Python still reports its own."""
     import ctypes
     libc_signal = ctypes.CDLL(None).signal
     libc_signal.argtypes, libc_signal.restype = (ctypes.c_int, ctypes.c_void_p), ctypes.c_void_p
+    libc_signal(sig, 1)  # SIG_IGN
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="replaces a handler through glibc's signal()")
+def test_poll_puts_back_a_handler_a_native_library_replaced():
     with PreemptionSignals() as stop:
-        # what LLVM does underneath Python (which still reports its own handler): here the signal is dropped
-        libc_signal(signal.SIGUSR1, 1)  # SIG_IGN
+        _drop_underneath_python(signal.SIGUSR1)  # what a native library can do: here the signal is dropped
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stop.poll() is None
         os.kill(os.getpid(), signal.SIGUSR1)  # after a poll (the trainer polls once per step) it is heard again
@@ -47,12 +51,8 @@ def test_poll_puts_back_a_handler_a_native_library_replaced():
 def test_a_run_hears_sigusr1_after_a_native_library_replaced_its_handler(tmp_path, monkeypatch):
     """The H200 failure (benchmarks/results/gpu_reliability.md) on the CPU: the handler is replaced under Python
     during step 2, the signal comes at step 3; the run must stop there, not train on."""
-    import ctypes
-
     from trainers import trainer
     from trainers.train import main
-    libc_signal = ctypes.CDLL(None).signal
-    libc_signal.argtypes, libc_signal.restype = (ctypes.c_int, ctypes.c_void_p), ctypes.c_void_p
     train_one_epoch, checks = trainer.train_one_epoch, []
 
     def with_a_library(ctx, batches, progress, num_batches, **kw):
@@ -61,7 +61,7 @@ def test_a_run_hears_sigusr1_after_a_native_library_replaced_its_handler(tmp_pat
         def check() -> bool:
             checks.append(progress.num_updates)
             if len(checks) == 2:
-                libc_signal(signal.SIGUSR1, 1)  # SIG_IGN, where Python does not see it
+                _drop_underneath_python(signal.SIGUSR1)
             elif len(checks) == 3:
                 os.kill(os.getpid(), signal.SIGUSR1)
             return ask()

@@ -95,6 +95,19 @@ def assert_identical(a: object, b: object, path: str = "") -> None:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
+def assert_same_end(reference: Path, out: Path) -> str:
+    """Two runs ended alike: the same last checkpoint, identical final weights, EMA and optimizer state, and the
+    same per-epoch loss and errors. Returns the last checkpoint's name."""
+    a, b = final_state(reference), final_state(out)
+    assert a["step"] == b["step"], f"last checkpoint {a['step']} vs {b['step']}"
+    for key in ("model", "ema", "optimizer"):
+        assert_identical(a[key], b[key], key)
+    for ra, rb in zip(a["history"], b["history"], strict=True):
+        keys = ("train_loss", "top1_err", "ema_top1_err")
+        assert [ra.get(k) for k in keys] == [rb.get(k) for k in keys], f"history {ra} vs {rb}"
+    return a["step"]
+
+
 # -- launching the way a cluster does, and doing to the processes what a cluster does ---------------------------
 
 def torchrun(args: list[str], nproc: int = 2, launcher: tuple[str, ...] = (), script: str | None = None) -> list[str]:
