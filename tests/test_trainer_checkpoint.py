@@ -5,13 +5,14 @@ import json
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 from trainer_runs import REPO, assert_identical, command, complete_steps, env, run
 from trainers.checkpoint import (EMA_FILE, MANIFEST_FILE, MODEL_FILE, STATE_FILE, find_latest, list_checkpoints,
-                                 load_checkpoint, save_checkpoint)
+                                 load_checkpoint, save_checkpoint, set_aside_later)
 from trainers.errors import CheckpointError, CheckpointWriteError
 
 
@@ -155,6 +156,58 @@ def test_a_rewound_run_keeps_its_own_checkpoints_and_auto_resume_continues_it(tm
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-00000016", "step-00000014"]
 
 
+@pytest.mark.slow
+def test_an_elastic_restart_of_a_rewind_cut_short_resumes_the_checkpoint_named(tmp_path, monkeypatch, capsys):
+    """A rewind whose set-aside fails part-way leaves old-timeline checkpoints as the newest. torchrun restarts the
+    group (TORCHELASTIC_RESTART_COUNT=1): it must resume the checkpoint named again, not the newest in the folder,
+    and end where a rewind that was never cut short ends."""
+    from trainers import checkpoint as ckpt
+    from trainers.train import main
+    from safetensors.torch import load_file
+    out, clean = tmp_path / "run", tmp_path / "clean"
+    sets = ["run.deterministic=true", "run.progress=false", "data.dataset=synthetic", "data.synthetic.train_samples=128",
+            "data.synthetic.val_samples=16", "data.synthetic.size=[3,8,8]", "data.batch_size=16", "data.workers=0",
+            "model.name=cifar_resnet8", "checkpoint.every_steps=2", "checkpoint.keep_last=100"]
+    args = [a for s in sets for a in ("--set", s)]
+    assert main(args + ["--set", f"run.out_dir={out}", "--set", "run.epochs=2"]) == 0  # steps 2, 4, ..., 16
+    named = out / "checkpoints" / "step-00000004"
+    rewind = args + ["--set", "run.epochs=1", "--set", "optim.lr=0.01", "--resume", str(named)]
+    assert main(rewind + ["--set", f"run.out_dir={clean}"]) == 0  # the same rewind, into a folder of its own
+
+    real_replace, moves = os.replace, []
+
+    def replace_then_fail(src, dst):
+        if Path(dst).parent.name.startswith("superseded-"):
+            moves.append(Path(src).name)
+            if len(moves) > 1:
+                raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", replace_then_fail)
+    assert main(rewind + ["--set", f"run.out_dir={out}"]) == 2  # only step-16 moved
+    assert "cannot move the checkpoints past step 4" in capsys.readouterr().err
+    assert [p.name for p in list_checkpoints(out / "checkpoints")][0] == "step-00000014"
+    assert ckpt.pending_resume(out / "checkpoints") == named.resolve()
+
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert main(rewind + ["--set", f"run.out_dir={out}"]) == 0
+    assert f"elastic restart 1: no checkpoint since resuming {named.resolve()}, resuming it again" in capsys.readouterr().out
+    assert ckpt.pending_resume(out / "checkpoints") is None  # cleared by the first checkpoint of the new timeline
+    assert_identical(load_file(str(clean / "model.safetensors")), load_file(str(out / "model.safetensors")), "model")
+    assert load_checkpoint(out / "checkpoints" / "step-00000008").state["config"].count("lr: 0.01") == 1
+    # the whole old timeline is out of the way, in the two folders the two tries made
+    aside = sorted(p.name for f in (out / "checkpoints").glob("superseded-00000004*") for p in f.iterdir())
+    assert aside == [f"step-{s:08d}" for s in (6, 8, 10, 12, 14, 16)]
+
+    # a later launch (not a restart) chooses afresh and drops no mark of its own for --resume auto
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    ckpt.mark_resume(out / "checkpoints", named)
+    assert main(args + ["--set", f"run.out_dir={out}", "--set", "run.epochs=1", "--set", "optim.lr=0.01",
+                        "--resume", "auto"]) == 0
+    assert ckpt.pending_resume(out / "checkpoints") is None
+
+
 # -- writes that fail: a full disk, an I/O error mid-checkpoint --------------------------------------------------
 
 def _enospc(*args, **kwargs):
@@ -175,6 +228,15 @@ def test_a_failed_write_leaves_the_previous_checkpoint_and_no_debris(tmp_path, m
     assert [p.name for p in tmp_path.iterdir()] == ["step-00000001"]  # keep_last=1 removed nothing, no .tmp left
     assert find_latest(tmp_path, pytest.fail).path == first
 
+
+def test_a_failed_write_names_the_set_aside_checkpoints_one_may_delete(tmp_path, monkeypatch):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"w": torch.ones(4)}, None, {"step": step}, keep_last=5)
+    set_aside_later(tmp_path, 1)
+    monkeypatch.setattr("trainers.checkpoint.torch.save", _enospc)
+    with pytest.raises(CheckpointWriteError, match=r"step-00000001 is intact; superseded-00000001 there holds "
+                                                   r"set-aside checkpoints you may delete$"):
+        save_checkpoint(tmp_path, 2, {"w": torch.zeros(4)}, None, {"step": 2})
 
 def test_rewriting_a_step_keeps_the_old_one_if_the_new_one_cannot_be_moved_in(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, 3, {"w": torch.ones(4)}, None, {"v": "old"})

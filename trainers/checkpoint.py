@@ -41,11 +41,13 @@ from se_inject.files import write_atomically
 from .errors import CheckpointError, CheckpointWriteError
 
 __all__ = ["Checkpoint", "save_checkpoint", "save_weights", "load_checkpoint", "list_checkpoints", "find_latest",
-           "set_aside_later", "MODEL_FILE",
+           "set_aside_later", "mark_resume", "pending_resume", "clear_resume_mark", "MODEL_FILE",
            "EMA_FILE", "STATE_FILE", "MANIFEST_FILE"]
 
 MODEL_FILE, EMA_FILE, STATE_FILE, MANIFEST_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt", "manifest.json"
 _NAME = re.compile(r"^step-(\d+)$")
+#: in a run's checkpoint folder while a launch that resumed a named checkpoint has not yet written one of its own
+RESUME_MARK = "resume-pending.json"
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         if isinstance(e, Exception):
             raise CheckpointWriteError(_write_failure(root, final, e)) from None
         raise
+    clear_resume_mark(root)  # the launch that resumed a named checkpoint now has one of its own
     for old in list_checkpoints(root)[keep_last:]:  # only now: the new one is complete
         shutil.rmtree(old, ignore_errors=True)
     for stray in [*root.glob(".tmp-*"), *root.glob(".old-*")]:  # left by a run killed while writing; only rank 0 writes
@@ -154,6 +157,9 @@ def _write_failure(root: Path, final: Path, e: Exception) -> str:
         pass
     complete = [p for p in list_checkpoints(root) if (p / MANIFEST_FILE).is_file()]
     left = f"{complete[0].name} is intact" if complete else "there is no earlier checkpoint"
+    aside = sorted(p.name for p in root.glob("superseded-*") if p.is_dir())
+    if aside:
+        left += f"; {', '.join(aside)} there hold{'s' if len(aside) == 1 else ''} set-aside checkpoints you may delete"
     return f"checkpoint {final} not written ({reason}); {left}"
 
 
@@ -214,6 +220,60 @@ def set_aside_later(root: str | Path, step: int, keep: Path | None = None) -> tu
     _fsync_dir(folder)
     _fsync_dir(root)
     return folder, [p.name for p in later]
+
+
+def mark_resume(root: str | Path, path: str | Path) -> None:
+    """Record in ``root`` that this launch resumes the checkpoint ``path`` (``--resume <path>``), until it writes a
+    checkpoint of its own (:func:`save_checkpoint` clears the mark). An elastic restart of the launch reads it with
+    :func:`pending_resume` and resumes ``path`` again: the newest checkpoint in ``root`` may still be the old
+    timeline's (a restart before :func:`set_aside_later` finished) or older than ``path`` (another run's checkpoint
+    resumed into this folder).
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> mark_resume(root, root / "elsewhere" / "step-00000004")
+        >>> pending_resume(root).name
+        'step-00000004'
+        >>> clear_resume_mark(root); pending_resume(root) is None
+        True
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"resume": str(_resolve(path).resolve())})
+    write_atomically(root / RESUME_MARK, lambda tmp: _write_synced(Path(tmp), text))
+    _fsync_dir(root)
+
+
+def pending_resume(root: str | Path) -> Path | None:
+    """The checkpoint a launch resumed and has not yet written a checkpoint after (see :func:`mark_resume`)."""
+    mark = Path(root) / RESUME_MARK
+    try:
+        return Path(json.loads(mark.read_text())["resume"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{mark} is unreadable ({first_line(e, with_type=False)}); delete it and resume "
+                              "with --resume <checkpoint>") from None
+
+
+def clear_resume_mark(root: str | Path) -> None:
+    """Drop the mark of :func:`mark_resume` (a launch that wrote its first checkpoint, or a new launch)."""
+    mark = Path(root) / RESUME_MARK
+    try:
+        mark.unlink()
+        _fsync_dir(mark.parent)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise CheckpointError(f"cannot remove {mark} ({first_line(e, with_type=False)}); delete it, then resume "
+                              "with --resume auto") from None
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _resolve(path: str | Path) -> Path:

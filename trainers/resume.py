@@ -4,6 +4,8 @@ a run that must stop (preemption, a non-finite step) with the one checkpoint tha
 
     >>> changed_keys("run: {epochs: 3, seed: 1}", {"run": {"epochs": 5, "seed": 2}})   # epochs may change on resume
     ['run.seed']
+    >>> changed_keys("run: {out_dir: a}", {"run": {"out_dir": "b"}})   # as may the folder (another run's checkpoint)
+    []
 """
 from __future__ import annotations
 
@@ -60,7 +62,13 @@ class Checkpointing:
         restart = elastic_restart()
         if self.d.is_main:
             try:
-                if restart and ckpt.list_checkpoints(self.ckpt_root):
+                pending = ckpt.pending_resume(self.ckpt_root) if restart else None
+                if pending is not None:
+                    # the launch resumed a named checkpoint and has written none since: the newest here may be an
+                    # old timeline's (the set-aside was cut short) or older than the one named
+                    found = ckpt.load_checkpoint(pending)
+                    log(self.d, f"elastic restart {restart}: no checkpoint since resuming {pending}, resuming it again")
+                elif restart and ckpt.list_checkpoints(self.ckpt_root):
                     # torchrun restarted the group after a rank died: go on from where the checkpoints are
                     found = ckpt.find_latest(self.ckpt_root, lambda m: warn(self.d, m))
                     log(self.d, f"elastic restart {restart}: resuming from the newest complete checkpoint, {found.path}")
@@ -78,6 +86,8 @@ class Checkpointing:
                         log(self.d, f"resume auto: no checkpoint in {self.ckpt_root}, starting fresh")
                 else:
                     found = ckpt.load_checkpoint(resume)
+                if not restart:
+                    self._mark_for_restarts(found if resume != "auto" else None)
             except (ConfigError, CheckpointError) as e:
                 error = e
         choice, error = broadcast_object((str(found.path) if found else None, error))
@@ -86,6 +96,19 @@ class Checkpointing:
         if self.d.is_main or choice is None:
             return found
         return ckpt.load_checkpoint(choice)
+
+    def _mark_for_restarts(self, named: ckpt.Checkpoint | None) -> None:
+        """What an elastic restart of this launch resumes before the launch has written a checkpoint: the one named by
+        ``--resume <path>``, not the newest in the folder (a mark :func:`ckpt.save_checkpoint` clears); otherwise
+        no mark (one left by an earlier launch is dropped)."""
+        try:
+            if named is not None:
+                ckpt.mark_resume(self.ckpt_root, named.path)
+            else:
+                ckpt.clear_resume_mark(self.ckpt_root)
+        except OSError as e:
+            raise CheckpointError(f"cannot write {self.ckpt_root / ckpt.RESUME_MARK} ({first_line(e, with_type=False)}); "
+                                  "check that run.out_dir is writable") from None
 
     def _set_aside_later(self) -> None:
         """After a resume: the checkpoints in this run's folder past the step resumed belong to a timeline this run
@@ -202,9 +225,10 @@ class Checkpointing:
         return all_reduce_sum(flag).item() > 0
 
 
-#: keys whose change between a checkpoint and its resume is expected (length, logging, where to resume from, what a
-#: bad step does: run.nonfinite=skip is how a run stopped by a non-finite step goes on).
-_FREE_KEYS = ("run.epochs", "run.progress", "run.log_every", "run.tensorboard", "run.nonfinite", "checkpoint.")
+#: keys whose change between a checkpoint and its resume is expected (length, logging, where to resume from and write
+#: to, what a bad step does: run.nonfinite=skip is how a run stopped by a non-finite step goes on).
+_FREE_KEYS = ("run.epochs", "run.progress", "run.log_every", "run.tensorboard", "run.nonfinite", "run.out_dir",
+              "checkpoint.")
 
 
 def changed_keys(saved_yaml: str, cfg: Any) -> list[str]:
