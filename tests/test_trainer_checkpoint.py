@@ -157,10 +157,10 @@ def test_a_rewound_run_keeps_its_own_checkpoints_and_auto_resume_continues_it(tm
 
 
 @pytest.mark.slow
-def test_an_elastic_restart_of_a_rewind_cut_short_resumes_the_checkpoint_named(tmp_path, monkeypatch, capsys):
-    """A rewind whose set-aside fails part-way leaves old-timeline checkpoints as the newest. torchrun restarts the
-    group (TORCHELASTIC_RESTART_COUNT=1): it must resume the checkpoint named again, not the newest in the folder,
-    and end where a rewind that was never cut short ends."""
+def test_an_elastic_restart_resumes_what_its_own_launch_chose_or_wrote(tmp_path, monkeypatch, capsys):
+    """A rewind whose set-aside fails part-way leaves old-timeline checkpoints as the newest in the folder. torchrun
+    restarts the group (TORCHELASTIC_RESTART_COUNT > 0): it must resume the checkpoint named again, end where a
+    rewind never cut short ends, and once the launch has written checkpoints, resume its own newest."""
     from trainers import checkpoint as ckpt
     from trainers.train import main
     from safetensors.torch import load_file
@@ -171,8 +171,10 @@ def test_an_elastic_restart_of_a_rewind_cut_short_resumes_the_checkpoint_named(t
     args = [a for s in sets for a in ("--set", s)]
     assert main(args + ["--set", f"run.out_dir={out}", "--set", "run.epochs=2"]) == 0  # steps 2, 4, ..., 16
     named = out / "checkpoints" / "step-00000004"
-    rewind = args + ["--set", "run.epochs=1", "--set", "optim.lr=0.01", "--resume", str(named)]
-    assert main(rewind + ["--set", f"run.out_dir={clean}"]) == 0  # the same rewind, into a folder of its own
+    rewind = args + ["--set", "optim.lr=0.01", "--resume", str(named)]
+    assert main(rewind + ["--set", f"run.out_dir={clean}", "--set", "run.epochs=1"]) == 0  # into a folder of its own
+    assert ckpt.launch_of(clean / "checkpoints" / "step-00000008") == {"resume": str(named.resolve()),
+                                                                      "torchrun_run_id": ""}
 
     real_replace, moves = os.replace, []
 
@@ -184,28 +186,31 @@ def test_an_elastic_restart_of_a_rewind_cut_short_resumes_the_checkpoint_named(t
         return real_replace(src, dst)
 
     monkeypatch.setattr(ckpt.os, "replace", replace_then_fail)
-    assert main(rewind + ["--set", f"run.out_dir={out}"]) == 2  # only step-16 moved
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "rewind")  # torchrun's, the same in every attempt of one launch
+    assert main(rewind + ["--set", f"run.out_dir={out}", "--set", "run.epochs=1"]) == 2  # only step-16 moved
     assert "cannot move the checkpoints past step 4" in capsys.readouterr().err
-    assert [p.name for p in list_checkpoints(out / "checkpoints")][0] == "step-00000014"
-    assert ckpt.pending_resume(out / "checkpoints") == named.resolve()
+    assert [p.name for p in list_checkpoints(out / "checkpoints")][0] == "step-00000014"  # the old timeline's
 
     monkeypatch.setattr(ckpt.os, "replace", real_replace)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert main(rewind + ["--set", f"run.out_dir={out}"]) == 0
-    assert f"elastic restart 1: no checkpoint since resuming {named.resolve()}, resuming it again" in capsys.readouterr().out
-    assert ckpt.pending_resume(out / "checkpoints") is None  # cleared by the first checkpoint of the new timeline
+    assert main(rewind + ["--set", f"run.out_dir={out}", "--set", "run.epochs=1"]) == 0
+    assert (f"elastic restart 1: no checkpoint of this launch yet in {out / 'checkpoints'}, choosing as it did: "
+            f"--resume {named}") in capsys.readouterr().out
     assert_identical(load_file(str(clean / "model.safetensors")), load_file(str(out / "model.safetensors")), "model")
-    assert load_checkpoint(out / "checkpoints" / "step-00000008").state["config"].count("lr: 0.01") == 1
     # the whole old timeline is out of the way, in the two folders the two tries made
     aside = sorted(p.name for f in (out / "checkpoints").glob("superseded-00000004*") for p in f.iterdir())
     assert aside == [f"step-{s:08d}" for s in (6, 8, 10, 12, 14, 16)]
 
-    # a later launch (not a restart) chooses afresh and drops no mark of its own for --resume auto
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
-    ckpt.mark_resume(out / "checkpoints", named)
-    assert main(args + ["--set", f"run.out_dir={out}", "--set", "run.epochs=1", "--set", "optim.lr=0.01",
-                        "--resume", "auto"]) == 0
-    assert ckpt.pending_resume(out / "checkpoints") is None
+    # a later restart of the same launch goes on from its own newest checkpoint, not from the one named
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    assert main(rewind + ["--set", f"run.out_dir={out}", "--set", "run.epochs=2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"elastic restart 2: resuming from the newest complete checkpoint, {out / 'checkpoints' / 'step-00000008'}" \
+        in printed and "(step 8)" in printed
+    # another launch's restart (a fresh run, say) does not take this launch's checkpoints for its own
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "another")
+    assert main(args + ["--set", f"run.out_dir={out}", "--set", "run.epochs=2"]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
 
 
 # -- writes that fail: a full disk, an I/O error mid-checkpoint --------------------------------------------------
@@ -234,9 +239,11 @@ def test_a_failed_write_names_the_set_aside_checkpoints_one_may_delete(tmp_path,
         save_checkpoint(tmp_path, step, {"w": torch.ones(4)}, None, {"step": step}, keep_last=5)
     set_aside_later(tmp_path, 1)
     monkeypatch.setattr("trainers.checkpoint.torch.save", _enospc)
-    with pytest.raises(CheckpointWriteError, match=r"step-00000001 is intact; superseded-00000001 there holds "
-                                                   r"set-aside checkpoints you may delete$"):
+    aside = re.escape(str(tmp_path / "superseded-00000001"))
+    with pytest.raises(CheckpointWriteError, match=rf"step-00000001 is intact; the checkpoints set aside in {aside} "
+                                                   "take space too$"):
         save_checkpoint(tmp_path, 2, {"w": torch.zeros(4)}, None, {"step": 2})
+
 
 def test_rewriting_a_step_keeps_the_old_one_if_the_new_one_cannot_be_moved_in(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, 3, {"w": torch.ones(4)}, None, {"v": "old"})

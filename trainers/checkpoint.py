@@ -41,13 +41,11 @@ from se_inject.files import write_atomically
 from .errors import CheckpointError, CheckpointWriteError
 
 __all__ = ["Checkpoint", "save_checkpoint", "save_weights", "load_checkpoint", "list_checkpoints", "find_latest",
-           "set_aside_later", "mark_resume", "pending_resume", "clear_resume_mark", "MODEL_FILE",
+           "set_aside_later", "launch_of", "resolve_path", "MODEL_FILE",
            "EMA_FILE", "STATE_FILE", "MANIFEST_FILE"]
 
 MODEL_FILE, EMA_FILE, STATE_FILE, MANIFEST_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt", "manifest.json"
 _NAME = re.compile(r"^step-(\d+)$")
-#: in a run's checkpoint folder while a launch that resumed a named checkpoint has not yet written one of its own
-RESUME_MARK = "resume-pending.json"
 
 
 @dataclass(frozen=True)
@@ -86,8 +84,11 @@ def _cpu_contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor],
                     ema_state: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any],
-                    keep_last: int = 2) -> Path:
+                    keep_last: int = 2, launch: dict[str, Any] | None = None) -> Path:
     """Write checkpoint ``step-<step>`` under ``root`` atomically; keep the newest ``keep_last``. Returns its path.
+
+    ``launch``: plain JSON data naming the launch that writes it, kept in the manifest (:func:`launch_of`); an
+    elastic restart resumes the newest checkpoint its own launch wrote (``find_latest(written_by=...)``).
 
     Raises :class:`CheckpointWriteError` (the checkpoints already there untouched) if the write fails.
     """
@@ -98,14 +99,13 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write_files(tmp, step, model_state, ema_state, trainer_state)
+        _write_files(tmp, step, model_state, ema_state, trainer_state, launch)
         _move_into_place(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, Exception):
             raise CheckpointWriteError(_write_failure(root, final, e)) from None
         raise
-    clear_resume_mark(root)  # the launch that resumed a named checkpoint now has one of its own
     for old in list_checkpoints(root)[keep_last:]:  # only now: the new one is complete
         shutil.rmtree(old, ignore_errors=True)
     for stray in [*root.glob(".tmp-*"), *root.glob(".old-*")]:  # left by a run killed while writing; only rank 0 writes
@@ -114,14 +114,16 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
 
 
 def _write_files(tmp: Path, step: int, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
-                 trainer_state: dict[str, Any]) -> None:
+                 trainer_state: dict[str, Any], launch: dict[str, Any] | None) -> None:
     from safetensors.torch import save_file
 
     for name, state in {MODEL_FILE: model_state, EMA_FILE: ema_state}.items():
         if state is not None:
             save_file(_cpu_contiguous(state), str(tmp / name), metadata={"format": "pt"})
     torch.save(trainer_state, tmp / STATE_FILE)
-    manifest = {"step": step, "files": {}}
+    manifest: dict[str, Any] = {"step": step, "files": {}}
+    if launch is not None:
+        manifest["launch"] = launch
     for name in (MODEL_FILE, EMA_FILE, STATE_FILE):
         if (tmp / name).exists():
             _fsync_file(tmp / name)
@@ -157,9 +159,9 @@ def _write_failure(root: Path, final: Path, e: Exception) -> str:
         pass
     complete = [p for p in list_checkpoints(root) if (p / MANIFEST_FILE).is_file()]
     left = f"{complete[0].name} is intact" if complete else "there is no earlier checkpoint"
-    aside = sorted(p.name for p in root.glob("superseded-*") if p.is_dir())
+    aside = sorted(str(p) for p in root.glob("superseded-*") if p.is_dir())
     if aside:
-        left += f"; {', '.join(aside)} there hold{'s' if len(aside) == 1 else ''} set-aside checkpoints you may delete"
+        left += f"; the checkpoints set aside in {', '.join(aside)} take space too"
     return f"checkpoint {final} not written ({reason}); {left}"
 
 
@@ -222,65 +224,16 @@ def set_aside_later(root: str | Path, step: int, keep: Path | None = None) -> tu
     return folder, [p.name for p in later]
 
 
-def mark_resume(root: str | Path, path: str | Path) -> None:
-    """Record in ``root`` that this launch resumes the checkpoint ``path`` (``--resume <path>``), until it writes a
-    checkpoint of its own (:func:`save_checkpoint` clears the mark). An elastic restart of the launch reads it with
-    :func:`pending_resume` and resumes ``path`` again: the newest checkpoint in ``root`` may still be the old
-    timeline's (a restart before :func:`set_aside_later` finished) or older than ``path`` (another run's checkpoint
-    resumed into this folder).
-
-        >>> import tempfile
-        >>> root = Path(tempfile.mkdtemp())
-        >>> mark_resume(root, root / "elsewhere" / "step-00000004")
-        >>> pending_resume(root).name
-        'step-00000004'
-        >>> clear_resume_mark(root); pending_resume(root) is None
-        True
-    """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"resume": str(_resolve(path).resolve())})
-    write_atomically(root / RESUME_MARK, lambda tmp: _write_synced(Path(tmp), text))
-    _fsync_dir(root)
-
-
-def pending_resume(root: str | Path) -> Path | None:
-    """The checkpoint a launch resumed and has not yet written a checkpoint after (see :func:`mark_resume`)."""
-    mark = Path(root) / RESUME_MARK
-    try:
-        return Path(json.loads(mark.read_text())["resume"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{mark} is unreadable ({first_line(e, with_type=False)}); delete it and resume "
-                              "with --resume <checkpoint>") from None
-
-
-def clear_resume_mark(root: str | Path) -> None:
-    """Drop the mark of :func:`mark_resume` (a launch that wrote its first checkpoint, or a new launch)."""
-    mark = Path(root) / RESUME_MARK
-    try:
-        mark.unlink()
-        _fsync_dir(mark.parent)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise CheckpointError(f"cannot remove {mark} ({first_line(e, with_type=False)}); delete it, then resume "
-                              "with --resume auto") from None
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _resolve(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file():
         p = p.parent
     return p
+
+
+def resolve_path(path: str | Path) -> Path:
+    """The absolute directory of a checkpoint named by its directory or any file in it."""
+    return _resolve(path).resolve()
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -326,13 +279,34 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(p, model, ema, state)
 
 
-def find_latest(root: str | Path, warn: Callable[[str], None]) -> Checkpoint | None:
+def launch_of(path: str | Path) -> dict[str, Any] | None:
+    """The ``launch`` a checkpoint was saved with (see :func:`save_checkpoint`); None if it has none or its
+    manifest does not read (:func:`load_checkpoint` says why)."""
+    try:
+        launch = json.loads((_resolve(path) / MANIFEST_FILE).read_text()).get("launch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return launch if isinstance(launch, dict) else None
+
+
+def find_latest(root: str | Path, warn: Callable[[str], None],
+                written_by: dict[str, Any] | None = None) -> Checkpoint | None:
     """The newest checkpoint under ``root`` that verifies; a broken newer one is skipped with ``warn``.
 
     None when there is no checkpoint at all; :class:`CheckpointError` when there are some but none
-    verifies (starting over silently would throw their training away).
+    verifies (starting over silently would throw their training away). ``written_by``: only the
+    checkpoints saved with that ``launch``.
+
+        >>> import torch, tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = save_checkpoint(root, 2, {"w": torch.ones(1)}, None, {}, launch={"resume": None})
+        >>> _ = save_checkpoint(root, 4, {"w": torch.ones(1)}, None, {}, launch={"resume": "auto"})
+        >>> find_latest(root, print).path.name, find_latest(root, print, written_by={"resume": None}).path.name
+        ('step-00000004', 'step-00000002')
+        >>> find_latest(root, print, written_by={"resume": "step-00000002"}) is None
+        True
     """
-    candidates = list_checkpoints(root)
+    candidates = [p for p in list_checkpoints(root) if written_by is None or launch_of(p) == written_by]
     errors = []
     for path in candidates:
         try:

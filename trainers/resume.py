@@ -55,39 +55,28 @@ class Checkpointing:
     ``optimizer``, ``scheduler``, ``ctx``, ``ema``, ``module``, ``history``, ``num_batches``."""
 
     def _choose_checkpoint(self) -> ckpt.Checkpoint | None:
-        """Rank 0 picks (and verifies) the checkpoint to resume; every rank then loads that one."""
+        """Rank 0 picks (and verifies) the checkpoint to resume; every rank then loads that one.
+
+        An elastic restart (torchrun started the group again after a rank died) resumes the newest checkpoint its
+        own launch wrote (:meth:`_launch`); before the launch has written one, it chooses as the first attempt did.
+        The newest checkpoint in the folder is not enough: a launch that resumed a named, older checkpoint may have
+        died before the old timeline past it was set aside, or have resumed another run's checkpoint.
+        """
         resume = self.cfg.checkpoint.resume
         found: ckpt.Checkpoint | None = None
         error: Exception | None = None
         restart = elastic_restart()
         if self.d.is_main:
             try:
-                pending = ckpt.pending_resume(self.ckpt_root) if restart else None
-                if pending is not None:
-                    # the launch resumed a named checkpoint and has written none since: the newest here may be an
-                    # old timeline's (the set-aside was cut short) or older than the one named
-                    found = ckpt.load_checkpoint(pending)
-                    log(self.d, f"elastic restart {restart}: no checkpoint since resuming {pending}, resuming it again")
-                elif restart and ckpt.list_checkpoints(self.ckpt_root):
-                    # torchrun restarted the group after a rank died: go on from where the checkpoints are
-                    found = ckpt.find_latest(self.ckpt_root, lambda m: warn(self.d, m))
+                own = ckpt.find_latest(self.ckpt_root, lambda m: warn(self.d, m), self._launch()) if restart else None
+                if own is not None:
+                    found = own
                     log(self.d, f"elastic restart {restart}: resuming from the newest complete checkpoint, {found.path}")
-                elif restart and resume != "auto":
-                    log(self.d, f"elastic restart {restart}: no checkpoint yet in {self.ckpt_root}, "
-                                 f"{'starting over' if resume is None else f'resuming from {resume} again'}")
-                    found = ckpt.load_checkpoint(resume) if resume is not None else None
-                elif resume is None:
-                    if ckpt.list_checkpoints(self.ckpt_root):
-                        raise ConfigError(f"run.out_dir {self.out} already holds checkpoints; pass --resume auto to "
-                                          "continue that run, or choose another run.out_dir")
-                elif resume == "auto":
-                    found = ckpt.find_latest(self.ckpt_root, lambda m: warn(self.d, m))
-                    if found is None:
-                        log(self.d, f"resume auto: no checkpoint in {self.ckpt_root}, starting fresh")
                 else:
-                    found = ckpt.load_checkpoint(resume)
-                if not restart:
-                    self._mark_for_restarts(found if resume != "auto" else None)
+                    if restart:
+                        log(self.d, f"elastic restart {restart}: no checkpoint of this launch yet in {self.ckpt_root}, "
+                                     f"{'starting over' if resume is None else f'choosing as it did: --resume {resume}'}")
+                    found = self._first_choice(resume)
             except (ConfigError, CheckpointError) as e:
                 error = e
         choice, error = broadcast_object((str(found.path) if found else None, error))
@@ -97,18 +86,25 @@ class Checkpointing:
             return found
         return ckpt.load_checkpoint(choice)
 
-    def _mark_for_restarts(self, named: ckpt.Checkpoint | None) -> None:
-        """What an elastic restart of this launch resumes before the launch has written a checkpoint: the one named by
-        ``--resume <path>``, not the newest in the folder (a mark :func:`ckpt.save_checkpoint` clears); otherwise
-        no mark (one left by an earlier launch is dropped)."""
-        try:
-            if named is not None:
-                ckpt.mark_resume(self.ckpt_root, named.path)
-            else:
-                ckpt.clear_resume_mark(self.ckpt_root)
-        except OSError as e:
-            raise CheckpointError(f"cannot write {self.ckpt_root / ckpt.RESUME_MARK} ({first_line(e, with_type=False)}); "
-                                  "check that run.out_dir is writable") from None
+    def _first_choice(self, resume: str | None) -> ckpt.Checkpoint | None:
+        if resume is None:
+            if ckpt.list_checkpoints(self.ckpt_root):
+                raise ConfigError(f"run.out_dir {self.out} already holds checkpoints; pass --resume auto to "
+                                  "continue that run, or choose another run.out_dir")
+            return None
+        if resume == "auto":
+            found = ckpt.find_latest(self.ckpt_root, lambda m: warn(self.d, m))
+            if found is None:
+                log(self.d, f"resume auto: no checkpoint in {self.ckpt_root}, starting fresh")
+            return found
+        return ckpt.load_checkpoint(resume)
+
+    def _launch(self) -> dict[str, Any]:
+        """What names this launch in the checkpoints it writes, the same in every attempt torchrun restarts: what it
+        was asked to resume and torchrun's run id (a fresh uuid per single-machine launch, else ``--rdzv-id``)."""
+        resume = self.cfg.checkpoint.resume
+        named = resume if resume in (None, "auto") else str(ckpt.resolve_path(resume))
+        return {"resume": named, "torchrun_run_id": os.environ.get("TORCHELASTIC_RUN_ID", "")}
 
     def _set_aside_later(self) -> None:
         """After a resume: the checkpoints in this run's folder past the step resumed belong to a timeline this run
@@ -174,7 +170,7 @@ class Checkpointing:
             ema = self.ema.module.state_dict() if self.ema is not None else None
             try:
                 path = ckpt.save_checkpoint(self.ckpt_root, progress.num_updates, self.module.state_dict(), ema, state,
-                                            keep_last=self.cfg.checkpoint.keep_last)
+                                            keep_last=self.cfg.checkpoint.keep_last, launch=self._launch())
                 outcome = (str(path), None)
             except CheckpointWriteError as e:
                 outcome = (None, str(e))
