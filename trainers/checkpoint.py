@@ -6,8 +6,8 @@ One checkpoint is a directory ``<out_dir>/checkpoints/step-<optimizer step>/``::
     ema.safetensors        the EMA weights, when EMA is on
     trainer_state.pt       optimizer, scheduler, scaler, epoch / batch / step, sampler position,
                            the RNG states of every rank, the metrics history (torch.save of plain data)
-    manifest.json          size and SHA-256 of each file above: written last, so its presence marks
-                           the checkpoint complete
+    manifest.json          size and SHA-256 of each file above (and the launch that wrote it): written
+                           last, so its presence marks the checkpoint complete
 
 It is written into a temporary sibling directory, each file fsync'ed, then renamed into place with
 ``os.replace``; older checkpoints are deleted only after that, keeping ``keep_last``. A kill at any
