@@ -159,22 +159,23 @@ def test_a_rewound_run_keeps_its_own_checkpoints_and_auto_resume_continues_it(tm
 @pytest.mark.slow
 def test_an_elastic_restart_resumes_what_its_own_launch_chose_or_wrote(tmp_path, monkeypatch, capsys):
     """A rewind whose set-aside fails part-way leaves old-timeline checkpoints as the newest in the folder. torchrun
-    restarts the group (TORCHELASTIC_RESTART_COUNT > 0): it must resume the checkpoint named again, end where a
-    rewind never cut short ends, and once the launch has written checkpoints, resume its own newest."""
+    restarts the group (TORCHELASTIC_RESTART_COUNT > 0): it must resume the checkpoint named again and end where a
+    rewind never cut short ends. Once the launch has written checkpoints, a restart torchrun does not count (a node
+    joined or left) goes on from the launch's own newest, though keep_last has pruned the checkpoint named."""
     from trainers import checkpoint as ckpt
     from trainers.train import main
     from safetensors.torch import load_file
     out, clean = tmp_path / "run", tmp_path / "clean"
     sets = ["run.deterministic=true", "run.progress=false", "data.dataset=synthetic", "data.synthetic.train_samples=128",
             "data.synthetic.val_samples=16", "data.synthetic.size=[3,8,8]", "data.batch_size=16", "data.workers=0",
-            "model.name=cifar_resnet8", "checkpoint.every_steps=2", "checkpoint.keep_last=100"]
+            "model.name=cifar_resnet8", "checkpoint.every_steps=2"]
     args = [a for s in sets for a in ("--set", s)]
-    assert main(args + ["--set", f"run.out_dir={out}", "--set", "run.epochs=2"]) == 0  # steps 2, 4, ..., 16
-    named = out / "checkpoints" / "step-00000004"
-    rewind = args + ["--set", "optim.lr=0.01", "--resume", str(named)]
+    assert main(args + ["--set", f"run.out_dir={out}", "--set", "run.epochs=2", "--set", "checkpoint.keep_last=100"]) == 0
+    monkeypatch.chdir(out)
+    named = "checkpoints/step-00000004/model.safetensors"  # relative, a file of it: as a user may type it
+    rewind = args + ["--set", "optim.lr=0.01", "--set", "checkpoint.keep_last=2", "--resume", named]
     assert main(rewind + ["--set", f"run.out_dir={clean}", "--set", "run.epochs=1"]) == 0  # into a folder of its own
-    assert ckpt.launch_of(clean / "checkpoints" / "step-00000008") == {"resume": str(named.resolve()),
-                                                                      "torchrun_run_id": ""}
+    assert ckpt.launch_of(clean / "checkpoints" / "step-00000008") == {"resume": named, "torchrun_run_id": ""}
 
     real_replace, moves = os.replace, []
 
@@ -186,7 +187,7 @@ def test_an_elastic_restart_resumes_what_its_own_launch_chose_or_wrote(tmp_path,
         return real_replace(src, dst)
 
     monkeypatch.setattr(ckpt.os, "replace", replace_then_fail)
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "rewind")  # torchrun's, the same in every attempt of one launch
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-1")  # torchrun's, the same in every attempt of one launch
     assert main(rewind + ["--set", f"run.out_dir={out}", "--set", "run.epochs=1"]) == 2  # only step-16 moved
     assert "cannot move the checkpoints past step 4" in capsys.readouterr().err
     assert [p.name for p in list_checkpoints(out / "checkpoints")][0] == "step-00000014"  # the old timeline's
@@ -194,23 +195,24 @@ def test_an_elastic_restart_resumes_what_its_own_launch_chose_or_wrote(tmp_path,
     monkeypatch.setattr(ckpt.os, "replace", real_replace)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert main(rewind + ["--set", f"run.out_dir={out}", "--set", "run.epochs=1"]) == 0
-    assert (f"elastic restart 1: no checkpoint of this launch yet in {out / 'checkpoints'}, choosing as it did: "
-            f"--resume {named}") in capsys.readouterr().out
+    assert (f"elastic restart 1: no checkpoint of this launch yet in {out / 'checkpoints'}, choosing as it did "
+            f"(--resume {named})") in capsys.readouterr().out
     assert_identical(load_file(str(clean / "model.safetensors")), load_file(str(out / "model.safetensors")), "model")
-    # the whole old timeline is out of the way, in the two folders the two tries made
     aside = sorted(p.name for f in (out / "checkpoints").glob("superseded-00000004*") for p in f.iterdir())
-    assert aside == [f"step-{s:08d}" for s in (6, 8, 10, 12, 14, 16)]
+    assert aside == [f"step-{s:08d}" for s in (6, 8, 10, 12, 14, 16)]  # the old timeline, in the two tries' folders
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-00000008", "step-00000006"]
 
-    # a later restart of the same launch goes on from its own newest checkpoint, not from the one named
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    # the launch goes on after a restart torchrun does not count: from its own step 8 (step-4 is pruned by now)
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
     assert main(rewind + ["--set", f"run.out_dir={out}", "--set", "run.epochs=2"]) == 0
     printed = capsys.readouterr().out
-    assert f"elastic restart 2: resuming from the newest complete checkpoint, {out / 'checkpoints' / 'step-00000008'}" \
-        in printed and "(step 8)" in printed
-    # another launch's restart (a fresh run, say) does not take this launch's checkpoints for its own
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "another")
-    assert main(args + ["--set", f"run.out_dir={out}", "--set", "run.epochs=2"]) == 2
-    assert "already holds checkpoints" in capsys.readouterr().err
+    assert (f"torchrun run launch-1 already wrote checkpoints here (a restart after a node joined or left, or a "
+            f"requeue): resuming from the newest complete checkpoint of this launch, {out / 'checkpoints'}/step-00000008"
+            ) in printed and "(step 8)" in printed
+    # another launch naming the same checkpoint (run id of its own) chooses afresh: step-4 is gone
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-2")
+    assert main(rewind + ["--set", f"run.out_dir={out}", "--set", "run.epochs=2"]) == 2
+    assert f"checkpoint {named} not found" in capsys.readouterr().err
 
 
 # -- writes that fail: a full disk, an I/O error mid-checkpoint --------------------------------------------------

@@ -41,7 +41,7 @@ from se_inject.files import write_atomically
 from .errors import CheckpointError, CheckpointWriteError
 
 __all__ = ["Checkpoint", "save_checkpoint", "save_weights", "load_checkpoint", "list_checkpoints", "find_latest",
-           "set_aside_later", "launch_of", "resolve_path", "MODEL_FILE",
+           "set_aside_later", "launch_of", "MODEL_FILE",
            "EMA_FILE", "STATE_FILE", "MANIFEST_FILE"]
 
 MODEL_FILE, EMA_FILE, STATE_FILE, MANIFEST_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt", "manifest.json"
@@ -231,11 +231,6 @@ def _resolve(path: str | Path) -> Path:
     return p
 
 
-def resolve_path(path: str | Path) -> Path:
-    """The absolute directory of a checkpoint named by its directory or any file in it."""
-    return _resolve(path).resolve()
-
-
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and verify a checkpoint directory (or any file in it).
 
@@ -293,9 +288,9 @@ def find_latest(root: str | Path, warn: Callable[[str], None],
                 written_by: dict[str, Any] | None = None) -> Checkpoint | None:
     """The newest checkpoint under ``root`` that verifies; a broken newer one is skipped with ``warn``.
 
-    None when there is no checkpoint at all; :class:`CheckpointError` when there are some but none
-    verifies (starting over silently would throw their training away). ``written_by``: only the
-    checkpoints saved with that ``launch``.
+    ``written_by``: only the checkpoints saved with that ``launch``. None when there is no checkpoint (of
+    that launch); :class:`CheckpointError` when there are some but none verifies (starting over silently
+    would throw their training away).
 
         >>> import torch, tempfile
         >>> root = Path(tempfile.mkdtemp())
@@ -316,6 +311,8 @@ def find_latest(root: str | Path, warn: Callable[[str], None],
             later = candidates[candidates.index(path) + 1:]
             warn(f"{e}; falling back to {later[0].name if later else 'nothing'}")
     if errors:
+        if written_by is not None:
+            raise CheckpointError(f"no readable checkpoint of this launch in {root} (newest: {errors[0]})")
         raise CheckpointError(f"no readable checkpoint in {root} (newest: {errors[0]}); "
                               f"delete {root} to start over")
     return None

@@ -55,27 +55,21 @@ class Checkpointing:
     ``optimizer``, ``scheduler``, ``ctx``, ``ema``, ``module``, ``history``, ``num_batches``."""
 
     def _choose_checkpoint(self) -> ckpt.Checkpoint | None:
-        """Rank 0 picks (and verifies) the checkpoint to resume; every rank then loads that one.
-
-        An elastic restart (torchrun started the group again after a rank died) resumes the newest checkpoint its
-        own launch wrote (:meth:`_launch`); before the launch has written one, it chooses as the first attempt did.
-        The newest checkpoint in the folder is not enough: a launch that resumed a named, older checkpoint may have
-        died before the old timeline past it was set aside, or have resumed another run's checkpoint.
-        """
+        """Rank 0 picks (and verifies) the checkpoint to resume; every rank then loads that one: where this launch
+        left off if this is a later attempt of it (:meth:`_going_on_from`), else what ``--resume`` says."""
         resume = self.cfg.checkpoint.resume
         found: ckpt.Checkpoint | None = None
         error: Exception | None = None
-        restart = elastic_restart()
         if self.d.is_main:
             try:
-                own = ckpt.find_latest(self.ckpt_root, lambda m: warn(self.d, m), self._launch()) if restart else None
-                if own is not None:
-                    found = own
-                    log(self.d, f"elastic restart {restart}: resuming from the newest complete checkpoint, {found.path}")
+                found, why = self._going_on_from()
+                if found is not None:
+                    log(self.d, f"{why}: resuming from the newest complete checkpoint"
+                                f"{' of this launch' if resume not in (None, 'auto') else ''}, {found.path}")
                 else:
-                    if restart:
-                        log(self.d, f"elastic restart {restart}: no checkpoint of this launch yet in {self.ckpt_root}, "
-                                     f"{'starting over' if resume is None else f'choosing as it did: --resume {resume}'}")
+                    if why:
+                        log(self.d, f"{why}: no checkpoint of this launch yet in {self.ckpt_root}, choosing as it did" +
+                                    (f" (--resume {resume})" if resume is not None else ""))
                     found = self._first_choice(resume)
             except (ConfigError, CheckpointError) as e:
                 error = e
@@ -85,6 +79,33 @@ class Checkpointing:
         if self.d.is_main or choice is None:
             return found
         return ckpt.load_checkpoint(choice)
+
+    def _going_on_from(self) -> tuple[ckpt.Checkpoint | None, str]:
+        """For a later attempt of this launch (torchrun restarted the worker group): the checkpoint to go on from
+        (None: the launch has written none yet) and a few words saying why; ``(None, "")`` for a first attempt.
+
+        A later attempt is one torchrun counts (``TORCHELASTIC_RESTART_COUNT`` > 0), or one that finds checkpoints
+        this launch wrote (:meth:`_launch`; only with a run id of its own: a restart after a node joined or left is
+        not counted, nor is a requeued SLURM job). With ``--resume auto`` or none it goes on from the newest
+        checkpoint in the folder; with ``--resume <checkpoint>`` from the newest this launch wrote, as the newest in
+        the folder may be the old timeline's (the rewind died before :meth:`_set_aside_later` was done) or another
+        run's (the checkpoint named came from elsewhere).
+        """
+        restart, launch = elastic_restart(), self._launch()
+        own_id = launch["torchrun_run_id"] not in ("", "none")
+        ours = [p for p in ckpt.list_checkpoints(self.ckpt_root) if ckpt.launch_of(p) == launch] if own_id else []
+        if not restart and not ours:
+            return None, ""
+        why = (f"elastic restart {restart}" if restart else f"torchrun run {launch['torchrun_run_id']} already wrote "
+               "checkpoints here (a restart after a node joined or left, or a requeue)")
+        report = lambda m: warn(self.d, m)  # noqa: E731
+        if launch["resume"] in (None, "auto"):
+            return ckpt.find_latest(self.ckpt_root, report), why
+        try:
+            return ckpt.find_latest(self.ckpt_root, report, written_by=launch), why
+        except CheckpointError as e:  # none of this launch's verifies: what it first chose may
+            warn(self.d, f"{first_line(e, with_type=False)}; choosing as the launch did")
+            return None, why
 
     def _first_choice(self, resume: str | None) -> ckpt.Checkpoint | None:
         if resume is None:
@@ -100,11 +121,12 @@ class Checkpointing:
         return ckpt.load_checkpoint(resume)
 
     def _launch(self) -> dict[str, Any]:
-        """What names this launch in the checkpoints it writes, the same in every attempt torchrun restarts: what it
-        was asked to resume and torchrun's run id (a fresh uuid per single-machine launch, else ``--rdzv-id``)."""
-        resume = self.cfg.checkpoint.resume
-        named = resume if resume in (None, "auto") else str(ckpt.resolve_path(resume))
-        return {"resume": named, "torchrun_run_id": os.environ.get("TORCHELASTIC_RUN_ID", "")}
+        """What names this launch in the checkpoints it writes, the same in every attempt on every machine: what
+        ``--resume`` said, as written (the same command runs every attempt; a resolved path could change with the
+        working directory or once the checkpoint named is pruned), and torchrun's run id. torchrun makes that a
+        fresh uuid for a launch on one machine without ``--rdzv-endpoint`` / ``--master-port`` (``--standalone``
+        included); otherwise it is ``--rdzv-id``, by default the constant ``none``, which every launch shares."""
+        return {"resume": self.cfg.checkpoint.resume, "torchrun_run_id": os.environ.get("TORCHELASTIC_RUN_ID", "")}
 
     def _set_aside_later(self) -> None:
         """After a resume: the checkpoints in this run's folder past the step resumed belong to a timeline this run

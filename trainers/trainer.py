@@ -11,8 +11,8 @@ Launch it with ``python -m trainers.train`` (1 process), ``torchrun --nproc_per_
 What a cluster does to a run, and what the run does about it (the README's Reliability section):
 
 - torchrun restarts the worker group after a rank dies (``--max-restarts``): the restarted ranks
-  resume by themselves (``TORCHELASTIC_RESTART_COUNT`` > 0) from the newest complete checkpoint their own
-  launch wrote, or, before it wrote one, from what the launch chose.
+  resume by themselves from where their launch left off
+  (:meth:`~trainers.resume.Checkpointing._going_on_from`).
 - SIGTERM / SIGUSR1 (:mod:`trainers.preemption`): every rank finishes its step, rank 0 writes one
   checkpoint, and :class:`~trainers.errors.Preempted` ends the run (exit status 75).
 - a NaN/inf loss or gradient on any rank (``run.nonfinite``): the step is dropped everywhere, or the
