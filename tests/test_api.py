@@ -63,7 +63,9 @@ def test_every_original_parameter_keeps_name_and_value(timm_model):
 
 def test_apply_twice_inserts_nothing(timm_model):
     once = se_inject.apply(timm_model("resnet50"))
-    twice = se_inject.apply(once)
+    from se_inject.api import NothingInserted
+    with pytest.warns(NothingInserted, match="16 sites skipped: already gated"):  # says so, once
+        twice = se_inject.apply(once)
     assert list(twice.state_dict()) == list(once.state_dict())
     plan = se_inject.plan(once)
     assert not plan.placements and plan.skipped_by_reason() == {"already gated": 16}
