@@ -78,6 +78,26 @@ def test_elastic_restart_after_a_rank_is_sigkilled_is_bit_identical(tmp_path, re
     _assert_same_end(reference, out)
 
 
+def test_a_restart_before_the_launch_wrote_a_checkpoint_resumes_the_one_named_again(tmp_path, reference):
+    """``--resume`` names a checkpoint of another folder; this run's folder holds an older checkpoint of another
+    run. A rank dies before the launch has written a checkpoint: the restarted group must resume the checkpoint
+    named again, not the newest in the folder, and end as the uninterrupted run does."""
+    from trainers.checkpoint import save_checkpoint
+    out, named = tmp_path / "run", reference / "checkpoints" / "step-00000006"
+    other = load_checkpoint(reference / "checkpoints" / "step-00000003")
+    save_checkpoint(out / "checkpoints", 3, {k: v * 2 for k, v in other.model.items()}, other.ema, other.state)
+    worker = str(REPO / "tests" / "first_attempt_dies_worker.py")
+    run = Launched(torchrun(_args(out, "--resume", str(named)), launcher=("--standalone", "--max-restarts", "1"),
+                            script=worker), tmp_path / "log", extra_env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+    assert run.wait() == 0, run.output()[-3000:]
+    log = run.output()
+    # (which rank torchrun reports failed first varies: rank 0's collective errors out as rank 1 dies)
+    assert (f"elastic restart 1: no checkpoint of this launch yet in {out}/checkpoints, choosing as it did "
+            f"(--resume {named})") in log, log[-3000:]
+    assert log.count(f"resumed from {named} at epoch 0, batch 6/{STEPS} (step 6)") == 2  # both attempts
+    _assert_same_end(reference, out)
+
+
 def test_sigusr1_to_torchrun_stops_every_rank_after_one_step_and_resumes_bit_identical(tmp_path, reference):
     out = tmp_path / "run"
     args = _args(out, "--set", "checkpoint.every_steps=null")  # epoch-end checkpoints only: the one written is ours
