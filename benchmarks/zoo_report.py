@@ -70,7 +70,8 @@ def _commands(rows: list[dict[str, Any]], source: Source, argv: list[str], resul
             argv = ["--plan-only"] if all(r.get("mode") == "plan" for r in rows) else ["--jobs", "2"]
             argv = (["--source", source.key] if flag else []) + argv
         return f"- command: `python benchmarks/zoo.py {' '.join(argv)}`"
-    memory = "; `ZOO_MEM_GB=15` for the models over 300 M params" if source.key == "timm" else ""
+    memory = ("; `ZOO_MEM_GB=15` (a worker's heap cap) for the models over 300 M params, higher for the few that "
+              f"needed it, as `{source.stem}.sessions.jsonl` records" if source.key == "timm" else "")
     return (f"- commands: `python benchmarks/zoo.py{flag} --jobs 2 --no-export` (every model: plan, apply, forward, "
             f"backward), then `python benchmarks/zoo.py{flag} --jobs 2` (adds the ONNX exports to the rewritten "
             f"models, in a fixed random order){memory}; `--redo --names FILE` for rows an engine change made stale; "
