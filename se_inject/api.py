@@ -10,9 +10,9 @@ from torch import nn
 from .errors import PolicyError
 from .planner import Plan, check_model, make_plan
 from .policy import Policy
-from .rewrite import rewrite
+from .rewrite import BlocksNotRun, rewrite
 
-__all__ = ["apply", "plan", "NothingInserted"]
+__all__ = ["apply", "plan", "NothingInserted", "BlocksNotRun"]
 
 
 def plan(model: nn.Module, policy: Policy | str | None = None, *, input_size: tuple[int, ...] | None = None,
@@ -66,6 +66,7 @@ def apply(model: nn.Module, policy: Policy | Plan | str | None = None, *, inplac
         TraceError: the model's forward fails at ``input_size``, or no part of it can be traced.
     Warns:
         NothingInserted: no site passed the policy (the message counts the reasons).
+        BlocksNotRun: the check forward ran without some of the inserted blocks (the message names them).
     """
     check_model(model, "se_inject.apply")
     if isinstance(policy, Plan) and (overrides or input_size is not None):

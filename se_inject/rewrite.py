@@ -9,6 +9,7 @@ meta forward: on any failure every swap is undone, so the model is never left ha
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -24,7 +25,13 @@ from .preserve import preserved
 from .shapes import forward_shapes
 from .tracing import ModuleGraph
 
-__all__ = ["rewrite"]
+__all__ = ["rewrite", "BlocksNotRun"]
+
+
+class BlocksNotRun(UserWarning):
+    """``apply``'s check forward (eval mode) ran the rewritten model without some of the SE blocks it inserted
+    (the message names them): the model calls those modules through a reference the rewrite cannot see (a
+    plain list or attribute holding the original module), or they sit on a branch that runs only in training."""
 
 
 def _copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[str, fx.Node]]:
@@ -262,19 +269,36 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
                 swapped.append((holder, key, child))
                 holder._modules[key] = pair[1]
     if check:
+        inserted = {id(m) for owner in built.values() for m in owner.modules() if isinstance(m, SqueezeExcite)}
         try:
             with preserved(model):  # the check's forward leaves no trace (issue 10: cached anchors)
-                _check_forward(model.get_submodule(traced.root), plan)
+                idle = _check_forward(model.get_submodule(traced.root), plan, inserted)
         except Exception as e:
             for parent, name, original in reversed(swapped):
                 parent._modules[name] = original
             raise TraceError(f"the rewritten model fails its forward ({type(e).__name__}: {e}); the model was restored") from e
+        if idle:
+            shown = ", ".join(idle[:3]) + (f" and {len(idle) - 3} more" if len(idle) > 3 else "")
+            warnings.warn(f"se_inject.apply: {len(idle)} of {len(inserted)} SE blocks did not run in the check's "
+                          f"forward (eval mode): {shown}; the model may call those modules through a plain list or "
+                          "attribute that still holds the originals, or they sit on a branch that runs only in "
+                          "training", BlocksNotRun, stacklevel=3)
     return model
 
 
-def _check_forward(module: nn.Module, plan: Plan) -> None:
+def _check_forward(module: nn.Module, plan: Plan, inserted: set[int] = frozenset()) -> list[str]:
     """One forward of the rewritten ``module`` (the traced part of the model) on stand-in tensors:
-    it runs and its output shapes are unchanged."""
-    after = forward_shapes(module, plan.input_size, plan.traced.backend)
+    it runs and its output shapes are unchanged. Returns the paths of the blocks in ``inserted`` (ids)
+    that did not run."""
+    paths = {id(m): path for path, m in module.named_modules() if id(m) in inserted}
+    ran: set[int] = set()
+    hooks = [m.register_forward_pre_hook(lambda block, args: ran.add(id(block)))
+             for m in module.modules() if id(m) in paths]
+    try:
+        after = forward_shapes(module, plan.input_size, plan.traced.backend)
+    finally:
+        for hook in hooks:
+            hook.remove()
     if plan.traced.output_shapes is not None and after != plan.traced.output_shapes:
         raise TraceError(f"output shapes changed from {plan.traced.output_shapes} to {after}")
+    return [path for key, path in paths.items() if key not in ran]

@@ -1,4 +1,7 @@
 """se_inject.rewrite: graph surgery details (fusion, in-place reuse, names, rollback)."""
+import warnings
+
+import pytest
 import torch
 
 import se_inject
@@ -95,3 +98,35 @@ def test_a_shared_module_is_rewritten_wherever_it_is_held():
     net(torch.randn(2, 3, 8, 8)).sum().backward()
     assert len(calls) == 2
     assert all(p.grad is not None for p in blocks[0].parameters())
+
+
+class _PlainListNet(torch.nn.Module):
+    """Runs its blocks through a plain list that holds the original modules: the rewrite replaces them in the
+    ModuleList, so the list still runs the originals, without their SE blocks."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.blocks = torch.nn.ModuleList([BasicBlock(16, 16), BasicBlock(16, 16)])
+        self.run_these = list(self.blocks)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.run_these:
+            x = block(x)
+        return x.mean((2, 3))
+
+
+def test_blocks_that_the_check_forward_never_ran_are_named_in_a_warning(timm_model):
+    from se_inject.api import BlocksNotRun
+    with pytest.warns(BlocksNotRun) as caught:
+        se_inject.apply(_PlainListNet(), input_size=(3, 8, 8))
+    assert [str(w.message) for w in caught if w.category is BlocksNotRun] == [
+        "se_inject.apply: 2 of 2 SE blocks did not run in the check's forward (eval mode): blocks.0.se, blocks.1.se; "
+        "the model may call those modules through a plain list or attribute that still holds the originals, or they "
+        "sit on a branch that runs only in training"]
+    assert caught[0].filename == __file__  # points at the caller's apply
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BlocksNotRun)  # every block of a plain model runs: nothing to say
+        se_inject.apply(timm_model("resnet18"))
