@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import OrderedDict
+from collections.abc import Set as AbstractSet
 
 import torch
 import torch.fx as fx
@@ -286,14 +287,13 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
     return model
 
 
-def _check_forward(module: nn.Module, plan: Plan, inserted: set[int] = frozenset()) -> list[str]:
+def _check_forward(module: nn.Module, plan: Plan, inserted: AbstractSet[int] = frozenset()) -> list[str]:
     """One forward of the rewritten ``module`` (the traced part of the model) on stand-in tensors:
     it runs and its output shapes are unchanged. Returns the paths of the blocks in ``inserted`` (ids)
     that did not run."""
-    paths = {id(m): path for path, m in module.named_modules() if id(m) in inserted}
+    blocks = {path: m for path, m in module.named_modules() if id(m) in inserted}
     ran: set[int] = set()
-    hooks = [m.register_forward_pre_hook(lambda block, args: ran.add(id(block)))
-             for m in module.modules() if id(m) in paths]
+    hooks = [m.register_forward_pre_hook(lambda block, args: ran.add(id(block))) for m in blocks.values()]
     try:
         after = forward_shapes(module, plan.input_size, plan.traced.backend)
     finally:
@@ -301,4 +301,4 @@ def _check_forward(module: nn.Module, plan: Plan, inserted: set[int] = frozenset
             hook.remove()
     if plan.traced.output_shapes is not None and after != plan.traced.output_shapes:
         raise TraceError(f"output shapes changed from {plan.traced.output_shapes} to {after}")
-    return [path for key, path in paths.items() if key not in ran]
+    return [path for path, m in blocks.items() if id(m) not in ran]

@@ -92,9 +92,8 @@ class Checkpointing:
         run's (the checkpoint named came from elsewhere).
         """
         restart, launch = elastic_restart(), self._launch()
-        own_id = launch["torchrun_run_id"] not in ("", "none")
-        ours = [p for p in ckpt.list_checkpoints(self.ckpt_root) if ckpt.launch_of(p) == launch] if own_id else []
-        if not restart and not ours:
+        if not restart and (launch["torchrun_run_id"] in ("", "none") or  # no run id of its own: a first attempt
+                            not any(ckpt.launch_of(p) == launch for p in ckpt.list_checkpoints(self.ckpt_root))):
             return None, ""
         why = (f"elastic restart {restart}" if restart else f"torchrun run {launch['torchrun_run_id']} already wrote "
                "checkpoints here (a restart after a node joined or left, or a requeue)")
