@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import torch
 
-from trainer_runs import (REPO, Launched, _free_port, aborted_after_completion, assert_identical, assert_same_end,
+from trainer_runs import (REPO, Launched, _free_port, assert_identical, assert_same_end,
                           complete_steps, final_state, torchrun, worker_pid)
 from trainers.checkpoint import load_checkpoint
 
@@ -38,12 +38,10 @@ def _args(out, *extra: str) -> list[str]:
 def reference(tmp_path_factory):
     """The uninterrupted run: ``torchrun --nproc_per_node 2 -m trainers.train``, every checkpoint kept."""
     root = tmp_path_factory.mktemp("reference")
-    for attempt in range(2):   # once more, in a fresh folder, if only the exit aborted (trainer_runs.TEARDOWN_ABORT)
-        out = root / f"run{attempt}"
-        run = Launched(torchrun(_args(out)), root / f"log{attempt}")
-        if run.wait() == 0:
-            return out
-        assert attempt == 0 and aborted_after_completion(run.output()), run.output()[-3000:]
+    out = root / "run"
+    run = Launched(torchrun(_args(out)), root / "log")
+    assert run.wait() == 0, run.output()[-3000:]
+    return out
 
 
 def _assert_same_end(reference, out) -> None:

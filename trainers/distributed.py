@@ -9,7 +9,9 @@ No launcher of our own: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WOR
 """
 from __future__ import annotations
 
+import gc
 import os
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch.distributed as dist
 
 from .errors import ConfigError
 
-__all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "all_reduce_sum", "all_gather_objects",
+__all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "release_frames", "all_reduce_sum", "all_gather_objects",
            "broadcast_object", "barrier", "restart_hazard"]
 
 
@@ -62,8 +64,21 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     if world > 1:
         backend = "nccl" if use_cuda else "gloo"
         if not dist.is_initialized():
+            _import_before_the_group()
             dist.init_process_group(backend, device_id=dev if use_cuda else None)
     return DistInfo(rank, world, local, dev, backend, nodes)
+
+
+def _import_before_the_group() -> None:
+    """Import what binds the default group at import time while there is none.
+
+    ``torch.distributed.nn.functional`` (imported by DDP's constructor) gives ten functions the default
+    argument ``group=group.WORLD``, evaluated at import: imported after ``init_process_group`` it holds
+    the group for the life of the process (torch 2.14), so ``destroy_process_group`` cannot free it and
+    gloo's threads are torn down in interpreter finalisation, where a rank can abort after a
+    successful run (issue 23). Imported first, the defaults are ``None``, which means the same group.
+    """
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 def restart_hazard(env: dict[str, str] | None = None) -> str | None:
@@ -89,8 +104,33 @@ def restart_hazard(env: dict[str, str] | None = None) -> str | None:
 
 
 def teardown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group so that its threads are joined now, while the interpreter is alive.
+
+    ``destroy_process_group`` only drops the registry's reference: the C++ group (and gloo's worker and
+    transport threads) lives on while anything else holds it, and a DDP wrapper's reducer does, from
+    inside reference cycles (the run's bound methods, DDP's own hooks) that only the cyclic collector
+    frees. Left to interpreter finalisation, those threads die under a Python that is being torn
+    down and a rank aborts with ``terminate called without an active exception`` after its run
+    succeeded (issue 23). So the garbage is collected first; callers drop their own references to
+    the wrapped model (and an exception's frames: :func:`release_frames`) before calling this.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()  # a group an object in a cycle still held after the registry let go
+
+
+def release_frames(error: BaseException) -> None:
+    """Drop the local variables of the finished frames of ``error``'s traceback (and of the errors it
+    chains), which hold the model, its DDP wrapper and through it the process group, so that
+    :func:`teardown_distributed` can destroy the group while ``error`` propagates. The traceback still
+    prints (file, line and code of each frame); only the locals go."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def _active() -> bool:

@@ -34,8 +34,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_config
 from .data import load_datasets, make_loaders, resolve_input
-from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, restart_hazard,
-                          setup_distributed, teardown_distributed)
+from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, release_frames,
+                          restart_hazard, setup_distributed, teardown_distributed)
 from .errors import CheckpointError, CheckpointWriteError, ConfigError
 from .factory import (add_se, build_backbone, build_ema, build_loss, build_mixup, build_optimizer, build_scheduler,
                       scaled_lr, wrap_model)
@@ -67,6 +67,9 @@ def train(cfg: TrainConfig) -> RunResult:
     try:
         with PreemptionSignals() as signals:
             return _Run(cfg, d, signals).run()
+    except BaseException as e:  # a stop (preemption, non-finite), a bad config, a crash: the group goes all the same
+        release_frames(e)
+        raise
     finally:
         teardown_distributed()
 
