@@ -25,18 +25,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import operators as ops
+from .gates import GateIndex, GraphGates, is_shape_query
 from .tracing import ModuleGraph
 
 __all__ = ["GraphFacts"]
+
 
 @dataclass
 class GraphFacts:
     """networkx view of one owner's graph, its dominator tree, and what each node is.
 
     A virtual root feeds every node without inputs (placeholders, constants), so that the immediate
-    dominator of an add is its fork: the last node every path to it goes through.
+    dominator of an add is its fork: the last node every path to it goes through. ``gates`` finds the
+    channel gates (:mod:`se_inject.gates`) of this graph and of the modules it calls; by default, from
+    this graph alone (its children traced on demand).
     """
     mg: ModuleGraph
+    gates: GateIndex | None = None
     dag: nx.DiGraph = field(init=False)
     idom: dict[fx.Node | str, fx.Node | str] = field(init=False)
     index: dict[fx.Node, int] = field(init=False)
@@ -57,6 +62,9 @@ class GraphFacts:
                 g.add_edge(i, n)
         self.dag = g
         self.idom = nx.immediate_dominators(g, self.ROOT)
+        if self.gates is None:
+            self.gates = GateIndex.of_graph(self.mg)
+        self.own_gates: GraphGates = self.gates.in_graph(self.mg)
         self._placeholder_fed: set[fx.Node] = set()
         for n in nodes:  # nodes computed from the module's inputs (not from constants alone)
             if n.op == "placeholder" or any(i in self._placeholder_fed for i in n.all_input_nodes):
@@ -76,15 +84,41 @@ class GraphFacts:
         return int(n.op == "call_function" and n.target in ops.LEARNED_FUNCTIONS)
 
     def is_gate(self, n: fx.Node) -> bool:
-        """The node runs a channel gate (SE, ECA, CBAM, ... :data:`se_inject.operators.GATES`)."""
+        """The node runs a module that gates the map it is given (SE, ECA, CBAM, ...: :mod:`se_inject.gates`)."""
         m = self.submodule(n)
-        return m is not None and ops.is_gate(m)
+        return m is not None and self.gates.gates_input(m, n)
 
     def holds_gate(self, n: fx.Node) -> bool:
-        """The node runs a gate or a module that holds one (torchvision keeps its SE inside a
-        ``Sequential``: MBConv's ``block``, RegNet's ``f``)."""
+        """The node is a gate's product in this graph, or runs a module that gates channels somewhere
+        inside (torchvision keeps its SE inside a ``Sequential``: MBConv's ``block``, RegNet's ``f``)."""
+        if n in self.own_gates.products:
+            return True
         m = self.submodule(n)
-        return m is not None and ops.contains_gate(m)
+        return m is not None and self.gates.holds(m, n)
+
+    def gates_output(self, n: fx.Node) -> bool:
+        """What ``n`` computes is gated next: it (or a view of it, past drop-path) is the map a gate of
+        this graph multiplies, or goes straight into a module that gates its input."""
+        cur: fx.Node | None = n
+        gated = set(self.own_gates.products.values())
+        while cur is not None:
+            if cur in gated:
+                return True
+            users = [u for u in cur.users if not is_shape_query(u)]
+            if len(users) != 1:
+                return False
+            if self.is_gate(users[0]):
+                return True
+            cur = users[0] if self.is_transparent(users[0]) or self._is_view(users[0]) else None
+        return False
+
+    def in_gate(self, n: fx.Node) -> bool:
+        """``n`` computes a gate's factor (its pooling, bottleneck, gate): no site there."""
+        return n in self.own_gates.factor
+
+    def _is_view(self, n: fx.Node) -> bool:
+        return ((n.op == "call_function" and n.target in ops.VIEW_FUNCTIONS)
+                or (n.op == "call_method" and n.target in ops.VIEW_METHODS))
 
     def dilation(self, nodes: "set[fx.Node]") -> int:
         """The smallest dilation of the spatial convs the ``nodes`` run (1 when none is dilated)."""

@@ -1,9 +1,14 @@
 """What se-inject knows about operators: one registry, type-based first, class names as a fallback.
 
-Site detection asks of a graph node "is this a channel gate, an activation, a norm, a conv, a
-drop-path?". The answers live here, as data: a module class is matched by ``isinstance`` against
-the classes listed (torch, timm and torchvision ones, imported when available), and only then by
-class name, for the same blocks copied into other repositories (``SELayer``, ``SEBlock``).
+Site detection asks of a graph node "is this an activation, a norm, a conv, a drop-path, a
+pooling, a gate function?". The answers live here, as data: a module class is matched by
+``isinstance`` against the classes listed (torch, timm and torchvision ones, imported when
+available), and only then by class name, for the same blocks copied into other repositories.
+
+Whether a module *is a channel gate* (SE and its relatives) is decided by what its graph computes
+(:mod:`se_inject.gates`), from the pooling, gate and product operators listed here;
+:data:`CHANNEL_GATES`, class names, is only the fallback for gates whose forward fx cannot trace
+(timm's ``GatherExcite`` branches on a shape) or that gate by an add (``GlobalContext``'s default).
 
     >>> import torch, torchvision
     >>> from torch import nn
@@ -30,7 +35,10 @@ __all__ = ["is_gate", "contains_gate", "is_act", "is_norm", "is_norm_act", "is_t
            "learned_layers", "fresh_output", "conv_dilation", "CHANNEL_GATES", "ACTS", "NORMS", "NORM_ACTS", "TRANSPARENT",
            "ADD_FUNCTIONS", "ADD_METHODS", "CAT_FUNCTIONS", "CONV_FUNCTIONS", "LEARNED_FUNCTIONS",
            "MATRIX_PRODUCT_FUNCTIONS", "MATRIX_PRODUCT_METHODS",
-           "ACT_FUNCTIONS", "ACT_METHODS", "TRANSPARENT_FUNCTIONS", "SPLIT_FUNCTIONS", "SPLIT_METHODS"]
+           "ACT_FUNCTIONS", "ACT_METHODS", "TRANSPARENT_FUNCTIONS", "SPLIT_FUNCTIONS", "SPLIT_METHODS",
+           "GATE_ACTS", "GATE_FUNCTIONS", "GATE_METHODS", "POOLS", "POOL_FUNCTIONS", "POOL_METHODS", "UPSAMPLES",
+           "UPSAMPLE_FUNCTIONS", "PRODUCT_FUNCTIONS", "PRODUCT_METHODS", "VIEW_FUNCTIONS", "VIEW_METHODS",
+           "AFFINE_FUNCTIONS", "AFFINE_METHODS"]
 
 
 def _classes(names: Iterable[str | type]) -> tuple[type, ...]:
@@ -46,6 +54,24 @@ def _classes(names: Iterable[str | type]) -> tuple[type, ...]:
         except (ImportError, AttributeError):
             continue
     return tuple(out)
+
+
+class _Functions(frozenset):
+    """A set of functions (``target in FUNCTIONS``); those of optional libraries are listed by qualified
+    name, so that importing se_inject does not import timm."""
+
+    def __new__(cls, functions: Iterable[object], names: Iterable[str] = ()) -> "_Functions":
+        out = super().__new__(cls, functions)
+        out.names = frozenset(names)
+        return out
+
+    def __contains__(self, target: object) -> bool:
+        try:
+            if super().__contains__(target):
+                return True
+        except TypeError:  # an unhashable target
+            return False
+        return bool(self.names) and f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in self.names
 
 
 class _Kind:
@@ -67,7 +93,8 @@ class _Kind:
         return isinstance(module, self.types) or type(module).__name__ in self.names
 
 
-#: modules that already gate channels: SE and its relatives (timm, torchvision, ours, common repos).
+#: modules known by class to gate channels: SE and its relatives (timm, torchvision, ours, common repos).
+#: The fallback behind :mod:`se_inject.gates`, which knows a gate by what it computes.
 CHANNEL_GATES = _Kind(
     ["se_inject.block.SqueezeExcite", "torchvision.ops.misc.SqueezeExcitation",
      "timm.layers.squeeze_excite.SEModule", "timm.layers.squeeze_excite.EffectiveSEModule",
@@ -113,13 +140,61 @@ TRANSPARENT_FUNCTIONS = frozenset({F.dropout, F.dropout1d, F.dropout2d, torch.dr
 SPLIT_FUNCTIONS = frozenset({torch.chunk, torch.split, torch.tensor_split, torch.narrow, operator.getitem})
 SPLIT_METHODS = frozenset({"chunk", "split", "tensor_split", "narrow"})
 
+# ---- what a channel gate is made of (se_inject.gates): pool -> (bottleneck) -> gate -> product
+#: bounded activations a gate ends in (paper Eq. 3's sigmoid; hard-sigmoid, tanh, softmax over paths or channels;
+#: ReLU6 and hard-tanh, of which timm's old hard_sigmoid ``relu6(x + 3) / 6`` is an affine)
+GATE_ACTS = _Kind(
+    ["torch.nn.Sigmoid", "torch.nn.Hardsigmoid", "torch.nn.Tanh", "torch.nn.Softmax", "torch.nn.Softmax2d",
+     "torch.nn.ReLU6", "torch.nn.Hardtanh", "timm.layers.activations.Sigmoid", "timm.layers.activations.Tanh",
+     "timm.layers.activations.HardSigmoid", "timm.layers.activations_me.HardSigmoidMe"])
+GATE_FUNCTIONS = _Functions(
+    {torch.sigmoid, F.sigmoid, torch.special.expit, F.hardsigmoid, torch.tanh, F.tanh, torch.softmax, F.softmax,
+     F.relu6, F.hardtanh},
+    ["timm.layers.activations.sigmoid", "timm.layers.activations.tanh", "timm.layers.activations.hard_sigmoid",
+     "timm.layers.activations_me.hard_sigmoid_me"])
+GATE_METHODS = frozenset({"sigmoid", "sigmoid_", "tanh", "tanh_", "softmax"})
+#: pooling modules (global when their output has no spatial extent left: checked on the graph's shapes)
+POOLS = _Kind(
+    ["torch.nn.AdaptiveAvgPool1d", "torch.nn.AdaptiveAvgPool2d", "torch.nn.AdaptiveAvgPool3d",
+     "torch.nn.AdaptiveMaxPool1d", "torch.nn.AdaptiveMaxPool2d", "torch.nn.AdaptiveMaxPool3d",
+     "torch.nn.AvgPool1d", "torch.nn.AvgPool2d", "torch.nn.AvgPool3d", "torch.nn.MaxPool1d", "torch.nn.MaxPool2d",
+     "torch.nn.MaxPool3d", "torch.nn.LPPool1d", "torch.nn.LPPool2d", "timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d",
+     "timm.layers.adaptive_avgmax_pool.AdaptiveAvgMaxPool2d", "timm.layers.adaptive_avgmax_pool.AdaptiveCatAvgMaxPool2d"])
+#: reductions: means, maxima, sums, norms, and the matrix product of attention pooling (GCNet's context)
+POOL_FUNCTIONS = _Functions(
+    {torch.mean, torch.sum, torch.amax, torch.max, torch.std, torch.var, torch.logsumexp, torch.norm,
+     torch.linalg.vector_norm, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+     F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.matmul, operator.matmul, torch.bmm, torch.einsum},
+    ["timm.layers.adaptive_avgmax_pool.adaptive_avgmax_pool2d", "timm.layers.adaptive_avgmax_pool.select_adaptive_pool2d"])
+POOL_METHODS = frozenset({"mean", "sum", "amax", "max", "std", "var", "logsumexp", "norm", "matmul", "bmm", "__matmul__"})
+#: upsampling back to the map's size: gather-excite's gate over a coarse map of regions
+UPSAMPLES = _Kind(["torch.nn.Upsample", "torch.nn.UpsamplingNearest2d", "torch.nn.UpsamplingBilinear2d"])
+UPSAMPLE_FUNCTIONS = frozenset({F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear})
+PRODUCT_FUNCTIONS = frozenset({operator.mul, operator.imul, torch.mul, torch.multiply})
+PRODUCT_METHODS = frozenset({"mul", "mul_", "multiply", "__mul__", "__rmul__"})
+#: ops that move, cast or broadcast a tensor's values without computing new ones
+VIEW_FUNCTIONS = frozenset({torch.reshape, torch.flatten, torch.unsqueeze, torch.squeeze, torch.permute,
+                            torch.transpose, torch.broadcast_to, operator.getitem, torch.movedim, torch.unflatten})
+VIEW_METHODS = frozenset({"view", "reshape", "flatten", "unflatten", "unsqueeze", "squeeze", "permute", "transpose",
+                          "contiguous", "expand", "expand_as", "broadcast_to", "to", "float", "half", "bfloat16",
+                          "type", "type_as", "view_as", "reshape_as", "movedim", "clone"})
+#: ops that rescale or shift a gate (``1 + tanh(...)``, ``2 * sigmoid(...)``) when the other operand is a constant
+AFFINE_FUNCTIONS = frozenset({operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
+                              operator.imul, operator.itruediv, operator.neg, torch.add, torch.sub, torch.mul,
+                              torch.div, torch.rsub, torch.neg, torch.clamp, torch.clip})
+AFFINE_METHODS = frozenset({"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "clamp", "clamp_",
+                            "clip", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__"})
+
 
 def is_gate(m: nn.Module) -> bool:
+    """``m``'s class is a known channel gate: the fallback of :mod:`se_inject.gates`."""
     return CHANNEL_GATES(m)
 
 
 def contains_gate(m: nn.Module) -> bool:
-    """``m`` is a gate or holds one (torchvision's MBConv keeps its SE inside a ``Sequential``)."""
+    """``m`` is or holds a module of a known gate class (torchvision's MBConv keeps its SE inside a
+    ``Sequential``): the fallback of :meth:`se_inject.gates.GateIndex.holds`."""
     return any(CHANNEL_GATES(sub) for sub in m.modules())
 
 

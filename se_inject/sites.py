@@ -44,6 +44,7 @@ from torch import nn
 from . import operators as ops
 from .block import SqueezeExcite
 from .codes import Code
+from .gates import GateIndex
 from .graph_facts import GraphFacts
 from .tracing import TracedModel, is_mode_dependent
 
@@ -244,7 +245,7 @@ class _Finder:
     def residuals(self) -> None:
         o = self.o
         for n in o.mg.graph.nodes:
-            if not o.is_add(n) or self._is_chain_member(n):
+            if not o.is_add(n) or self._is_chain_member(n) or o.in_gate(n):
                 continue
             terms = self._terms(n)
             shape = o.shape(n)
@@ -273,7 +274,7 @@ class _Finder:
             else:
                 for t in terms:
                     self.covered.update(dict.fromkeys(o.region(fork, t), n.name))
-                gated = o.is_gate(o.single_user(n)) if o.single_user(n) is not None else False
+                gated = o.gates_output(n)
                 self.add_site("multibranch", n, gated=gated,
                               detail=f"{len(terms)} terms, {len(tops)} learned branches", not_a_map=not_a_map)
         # our own fused SE (se(x, shortcut)) replaced an add: report it as gated, do not add again
@@ -287,7 +288,7 @@ class _Finder:
     def concats(self) -> None:
         o = self.o
         for n in o.mg.graph.nodes:
-            if not (n.op == "call_function" and n.target in ops.CAT_FUNCTIONS):
+            if not (n.op == "call_function" and n.target in ops.CAT_FUNCTIONS) or o.in_gate(n):
                 continue
             shape = o.shape(n)
             dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
@@ -308,7 +309,7 @@ class _Finder:
             carried = any(d == 0 and o.is_carried(fork, i) for i, d in zip(inputs, depths))
             learned = sum(d > 0 for d in depths)
             parallel = sum(d > 0 for d in o.own_depths(fork, inputs))
-            gated = user is not None and o.is_gate(user)
+            gated = o.gates_output(n)
             covered_by = self.covered.get(n)  # on a residual branch (Inception-ResNet): that site may gate it
             if carried and learned >= 1 and self._splits(fork, n, inputs):
                 site = self.add_site("split", n, gated=gated, detail=f"{len(inputs)} parts, {learned} learned",
@@ -336,7 +337,7 @@ class _Finder:
     def convs(self) -> None:
         o = self.o
         for n in o.mg.graph.nodes:
-            if not o.is_act(n) or not n.all_input_nodes:
+            if not o.is_act(n) or not n.all_input_nodes or o.in_gate(n):
                 continue
             prev = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else n.all_input_nodes[0]
             m = o.submodule(n)
@@ -354,8 +355,7 @@ class _Finder:
             if not o.is_conv(prev) or norms > 1 or len(prev.users) != 1:
                 continue
             end = o.skip_forward(n)
-            user = o.single_user(end)
-            gated = user is not None and o.is_gate(user)
+            gated = o.gates_output(end)
             self.add_site("conv", end, gated=gated,
                           detail=f"{prev.name} -> {n.name}")
 
@@ -364,11 +364,11 @@ def find_sites(traced: TracedModel) -> list[Site]:
     """Every candidate site of every kind, in execution order (policy-free)."""
     sites: list[Site] = []
     branches: dict[Site, set[str]] = {}
-    gates = [f"{p}." for p, m in traced.model.named_modules() if ops.is_gate(m)]
+    gates = GateIndex.of(traced)
     for mg in traced.owners():
-        if any(f"{mg.path}.".startswith(g) for g in gates):
+        if gates.inside(mg.path):
             continue  # the inside of an existing gate (EfficientNet's SE convs) is no place for another
-        finder = _Finder(GraphFacts(mg), traced)
+        finder = _Finder(GraphFacts(mg, gates), traced)
         finder.residuals()
         finder.concats()
         finder.convs()

@@ -1,0 +1,499 @@
+"""Channel gates recognised by what they compute: SE and its relatives, whoever wrote them.
+
+A product node of a traced graph *gates channels* when it multiplies a map ``x`` by a factor that
+
+1. is per channel: spread over all of ``x``'s positions (``(N, C, 1, 1)`` on ``(N, C, H, W)``,
+   ``(N, 1, 1, C)`` channels-last, ``(N, C, 1)`` on a 1-D map, ``(N, 1, C)`` on tokens,
+   ``(N, k, C, 1, 1)`` on the k paths of a selective kernel), or over regions of them and upsampled
+   back to ``x``'s size (gather-excite);
+2. comes out of a gate: a sigmoid (paper Eq. 3), hard-sigmoid, tanh, softmax (over channels or
+   paths), ReLU6 or hard-tanh, or an affine of one with constants (``1 + tanh(z)``, ``relu6(z + 3) / 6``);
+3. is computed from a pooling of ``x``, or of the branch ``x`` is computed from, that leaves no more
+   than the factor's extent: a mean, max, sum, norm, an adaptive or strided pooling, or attention
+   pooling (a matrix product: GCNet's context).
+
+Between the pooling and the gate anything may run: nothing, a bottleneck of linear layers or 1x1
+convs with any activation (paper Eq. 3), ECA's 1-D conv across channels, CBAM's MLP shared by the
+mean and the max. The parts may sit in different modules: a child computes the factor and its
+parent multiplies (a child whose graph pools is a pooling, one whose output is a gate is a gate),
+or a child holds the whole gate and the residual add is its parent's (transformers' RegNet). Owners
+(modules with learned children, :mod:`se_inject.tracing`) are read from their traced graphs; a leaf
+whose code names a gate function is traced here, its input shapes taken from its caller's graph.
+
+Class names (:data:`se_inject.operators.CHANNEL_GATES`) stay as the fallback: a module of a known
+gate class counts as one whatever its graph (timm's ``GatherExcite`` branches on a shape and cannot
+be traced; ``GlobalContext`` gates by an add by default).
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from se_inject.tracing import trace_model
+    >>> class Recalibrate(nn.Module):                  # an SE block under another name
+    ...     def __init__(self, c):
+    ...         super().__init__()
+    ...         self.squeeze, self.excite = nn.Linear(c, c // 4), nn.Linear(c // 4, c)
+    ...     def forward(self, x):
+    ...         w = self.excite(torch.relu(self.squeeze(x.mean((2, 3))))).sigmoid()
+    ...         return x * w[:, :, None, None]
+    >>> model = nn.Sequential(nn.Conv2d(3, 16, 3), Recalibrate(16))
+    >>> index = GateIndex.of(trace_model(model, (3, 32, 32)))
+    >>> [(g.owner, g.node, g.x, g.pool, g.gate, g.modules) for g in index.gates_of(model[1])]
+    [('1', 'mul', 'x', 'mean', 'sigmoid', ('1.squeeze', '1.excite'))]
+    >>> index.holds(model), index.gates_input(model[1]), index.inside("1.excite"), index.inside("0")
+    (True, True, True, False)
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from . import operators as ops
+from ._torch_compat import ConvNd
+from .shapes import BACKENDS, Call, annotate_shapes
+from .tracing import ModuleGraph, TracedModel, trace_module
+
+__all__ = ["Gate", "GraphGates", "GateIndex", "is_shape_query"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A channel gate found in the graph of the module at ``owner``: node ``node`` multiplies the map
+    ``x`` by a factor from pooling ``pool`` and gate ``gate``, computed by the submodules ``modules``."""
+    owner: str                    # path of the module whose graph multiplies ('' = the root)
+    node: str                     # the product node
+    x: str                        # the gated map's node
+    pool: str                     # the pooling: an op name or a module class
+    gate: str                     # the gate function: an op name or a module class
+    modules: tuple[str, ...] = ()  # paths of the modules that compute the factor (the gate's own layers)
+    on_input: bool = False        # x is the owner's input: the module gates what it is given (an SE module)
+
+
+@dataclass
+class GraphGates:
+    """The gates of one graph, with the nodes they are made of (what site detection reads)."""
+    gates: list[Gate] = field(default_factory=list)
+    products: dict[fx.Node, fx.Node] = field(default_factory=dict)  # product node -> its gated map x
+    factor: set[fx.Node] = field(default_factory=set)              # nodes that compute a factor: no site there
+    output_gated: bool = False    # the graph's output is a gate product on its input (the module is an SE block)
+
+
+def _name(n: fx.Node, module: nn.Module | None) -> str:
+    if module is not None:
+        return type(module).__name__
+    return n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+
+
+def _shape(n: Any) -> tuple[int, ...] | None:
+    return n.meta.get("shape") if isinstance(n, fx.Node) else None
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def is_shape_query(n: fx.Node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.dim()``: reads no values."""
+    if n.op == "call_function" and getattr(n.target, "__name__", "") == "getattr":
+        return len(n.args) > 1 and n.args[1] in ("shape", "dtype", "device", "ndim")
+    return n.op == "call_method" and n.target in ("size", "dim", "numel")
+
+
+#: words that a leaf's code must contain for it to be traced here (its own gate function or module)
+_GATE_WORDS = ("sigmoid", "tanh", "softmax", "gate", "relu6", "hardtanh", "expit")
+_MAY_GATE: dict[type, bool] = {}
+
+
+def _code_names_gate(cls: type) -> bool:
+    """Whether the methods ``cls`` defines (below nn.Module) name a gate function or a ``gate``."""
+    cached = _MAY_GATE.get(cls)
+    if cached is None:
+        codes = [getattr(fn, "__func__", fn).__code__ for klass in cls.__mro__
+                 if klass not in (nn.Module, object) and not klass.__module__.startswith("torch.nn")
+                 for fn in vars(klass).values() if hasattr(getattr(fn, "__func__", fn), "__code__")]
+        cached = False
+        while codes and not cached:
+            code = codes.pop()
+            cached = any(w in name.lower() for name in code.co_names + code.co_varnames for w in _GATE_WORDS)
+            codes += [c for c in code.co_consts if hasattr(c, "co_names")]
+        _MAY_GATE[cls] = cached
+    return cached
+
+
+def _is_builtin_layer(m: nn.Module) -> bool:
+    """A torch.nn layer (not a container), an activation, a norm or a drop-path: never a gate itself."""
+    if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return False
+    return (type(m).__module__.startswith("torch.nn") or ops.is_act(m) or ops.is_norm(m) or ops.is_norm_act(m)
+            or ops.is_transparent(m) or ops.is_conv(m) or ops.GATE_ACTS(m) or ops.POOLS(m))
+
+
+class GateIndex:
+    """The channel gates of one traced model, found module by module on demand (memoised).
+
+    ``graphs``: the traced owners (:attr:`TracedModel.graphs`), whose graphs carry shapes; ``root``:
+    the module their paths are relative to. Every other module asked about is traced here.
+    """
+
+    def __init__(self, graphs: Iterable[ModuleGraph], root: nn.Module, prefix: str = "") -> None:
+        self._owners = {id(mg.module): mg for mg in graphs if mg.ok}
+        self._root, self._prefix = root, prefix
+        self._paths: dict[int, str] | None = None
+        self._leaves: dict[int, ModuleGraph | None] = {}
+        self._found: dict[int, GraphGates] = {}
+        self._holds: dict[int, bool] = {}
+        self._gates_input: dict[int, bool] = {}
+        self._outputs_gate: dict[int, bool] = {}
+        self._pools: dict[int, bool] = {}
+        self._inside: list[str] | None = None
+
+    @classmethod
+    def of(cls, traced: TracedModel) -> "GateIndex":
+        return cls(traced.graphs.values(), traced.model)
+
+    @classmethod
+    def of_graph(cls, mg: ModuleGraph) -> "GateIndex":
+        """For one owner's graph alone (children are traced on demand)."""
+        return cls([mg], mg.module, mg.path)
+
+    # ---- paths and graphs
+    def path(self, module: nn.Module) -> str:
+        if self._paths is None:
+            self._paths = {}
+            for p, m in self._root.named_modules(remove_duplicate=False):
+                full = ".".join(x for x in (self._prefix, p) if x)
+                self._paths.setdefault(id(m), full)
+        return self._paths.get(id(module), "")
+
+    def graph(self, module: nn.Module, caller: fx.Node | None = None) -> ModuleGraph | None:
+        """``module``'s own graph: the traced owner's, else traced here (shapes from ``caller``'s inputs)."""
+        mg = self._owners.get(id(module))
+        if mg is not None:
+            return mg
+        key = id(module)
+        if key not in self._leaves:
+            self._leaves[key] = self._trace_leaf(module)
+        mg = self._leaves[key]
+        if mg is not None and caller is not None and not mg.call:
+            self._shape_leaf(mg, caller)
+        return mg
+
+    def _trace_leaf(self, module: nn.Module) -> ModuleGraph | None:
+        if _is_builtin_layer(module) or not (_code_names_gate(type(module))
+                                             or any(ops.GATE_ACTS(c) or _code_names_gate(type(c)) for c in module.modules())):
+            return None
+        try:
+            graph, constants = trace_module(module)
+        except Exception:
+            return None
+        return ModuleGraph(path=self.path(module), module=module, graph=graph, constants=constants)
+
+    def _shape_leaf(self, mg: ModuleGraph, caller: fx.Node) -> None:
+        """``node.meta['shape']`` on a leaf's graph, from the shapes of its caller's arguments (meta tensors)."""
+        def stand_in(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                shape = _shape(a)
+                if shape is None:
+                    raise ValueError("an argument of unknown shape")
+                return torch.empty(shape, device="meta")
+            return a
+        try:
+            args = tuple(stand_in(a) for a in caller.args)
+            kwargs = {k: stand_in(v) for k, v in caller.kwargs.items()}
+            mg.call = Call(0, args, kwargs)
+            annotate_shapes(mg.module, mg.graph, "", BACKENDS["meta"](mg.module), {"": mg.call}, mg.constants)
+        except Exception:
+            for n in mg.graph.nodes:
+                n.meta.pop("shape", None)
+
+    # ---- what a module is
+    def gates_of(self, module: nn.Module, caller: fx.Node | None = None) -> list[Gate]:
+        """The gates in ``module``'s own graph (not its children's)."""
+        mg = self.graph(module, caller)
+        return self.in_graph(mg).gates if mg is not None else []
+
+    def in_graph(self, mg: ModuleGraph) -> GraphGates:
+        key = id(mg.graph)
+        if key not in self._found:
+            self._found[key] = _GraphReader(self, mg).read()
+        return self._found[key]
+
+    def holds(self, module: nn.Module, caller: fx.Node | None = None) -> bool:
+        """``module`` or a module under it gates channels (by its graph, or by class: the fallback)."""
+        key = id(module)
+        if key not in self._holds:
+            self._holds[key] = False  # a module reached again while it is being read holds nothing new
+            mg = self.graph(module, caller)
+            callers = {n.target: n for n in mg.graph.nodes if n.op == "call_module"} if mg is not None else {}
+            self._holds[key] = (ops.is_gate(module) or bool(self.gates_of(module, caller))
+                                or any(self.holds(c, callers.get(name)) for name, c in module.named_children()))
+        return self._holds[key]
+
+    def gates_input(self, module: nn.Module, caller: fx.Node | None = None) -> bool:
+        """``module`` gates the map it is given before anything else (an SE module; CBAM, its channel
+        half first): a site whose output goes straight into it is already gated."""
+        key = id(module)
+        if key not in self._gates_input:
+            self._gates_input[key] = False
+            result = ops.is_gate(module)
+            mg = self.graph(module, caller) if not result else None
+            if mg is not None:
+                found = self.in_graph(mg)
+                result = any(g.on_input for g in found.gates)
+                if not result:  # its input goes first into a child that gates it
+                    inputs = [n for n in mg.graph.nodes if n.op == "placeholder"][:1]
+                    users = [u for i in inputs for u in i.users if not is_shape_query(u)]
+                    if len(users) == 1 and users[0].op == "call_module":
+                        child = mg.module.get_submodule(users[0].target)
+                        result = self.gates_input(child, users[0])
+            self._gates_input[key] = result
+        return self._gates_input[key]
+
+    def outputs_gate(self, module: nn.Module, caller: fx.Node | None = None) -> bool:
+        """``module`` returns a gate's output (an SE's excitation without the product: SK's attention,
+        transformers' ``attention`` Sequential ending in a Sigmoid)."""
+        if ops.GATE_ACTS(module):
+            return True
+        key = id(module)
+        if key not in self._outputs_gate:
+            self._outputs_gate[key] = False
+            mg = self.graph(module, caller)
+            if mg is not None:
+                out = next((n for n in mg.graph.nodes if n.op == "output"), None)
+                start = out.args[0] if out is not None and out.args else None
+                self._outputs_gate[key] = isinstance(start, fx.Node) and _GraphReader(self, mg).factor_chain(start)[1] is not None
+        return self._outputs_gate[key]
+
+    def pools(self, module: nn.Module, caller: fx.Node | None = None) -> bool:
+        """``module`` pools (a pooling layer, or a graph with a pooling in it: a child that squeezes)."""
+        if ops.POOLS(module):
+            return True
+        if ops.is_learned(module) and not any(True for _ in module.children()):
+            return False
+        key = id(module)
+        if key not in self._pools:
+            self._pools[key] = False
+            mg = self.graph(module, caller)
+            if mg is not None:
+                reader = _GraphReader(self, mg)
+                self._pools[key] = any(reader.is_pool(n) for n in mg.graph.nodes)
+        return self._pools[key]
+
+    def inside(self, path: str) -> bool:
+        """``path`` computes a gate's factor, or lies in a module that is a gate as a whole: no site there
+        (EfficientNet's SE convs, RegNetY's ``attention``)."""
+        if self._inside is None:
+            inside: list[str] = []
+            for p, m in self._root.named_modules():
+                full = ".".join(x for x in (self._prefix, p) if x)
+                if ops.is_gate(m):
+                    inside.append(full)
+                mg = self._owners.get(id(m))
+                if mg is not None:
+                    found = self.in_graph(mg)
+                    inside += [q for g in found.gates for q in g.modules]
+                    if found.output_gated:
+                        inside.append(full)
+            self._inside = inside
+        return any(q == "" or path == q or path.startswith(f"{q}.") for q in self._inside)
+
+
+class _GraphReader:
+    """Finds the gates of one graph (:class:`GraphGates`): the product nodes that pass the three tests."""
+
+    def __init__(self, index: GateIndex, mg: ModuleGraph) -> None:
+        self.index, self.mg = index, mg
+        self.module, self.path = mg.module, mg.path
+        self.nodes = list(mg.graph.nodes)
+        self.order = {n: i for i, n in enumerate(self.nodes)}
+        self._ancestors: dict[fx.Node, set[fx.Node]] = {}
+        self._fed: set[fx.Node] = set()
+        for n in self.nodes:
+            if n.op == "placeholder" or any(i in self._fed for i in n.all_input_nodes):
+                self._fed.add(n)
+
+    def submodule(self, n: fx.Node) -> nn.Module | None:
+        if n.op != "call_module":
+            return None
+        try:
+            return self.module.get_submodule(n.target)
+        except AttributeError:
+            return None
+
+    def _qualified(self, target: str) -> str:
+        return f"{self.path}.{target}" if self.path else target
+
+    def ancestors(self, n: fx.Node) -> set[fx.Node]:
+        """``n`` and every node it is computed from."""
+        if n not in self._ancestors:
+            seen, stack = set(), [n]
+            while stack:
+                cur = stack.pop()
+                if cur not in seen:
+                    seen.add(cur)
+                    stack.extend(cur.all_input_nodes)
+            self._ancestors[n] = seen
+        return self._ancestors[n]
+
+    # ---- kinds of node
+    def _is(self, n: fx.Node, functions: frozenset, methods: frozenset) -> bool:
+        if n.op == "call_function":
+            return n.target in functions
+        return n.op == "call_method" and n.target in methods
+
+    def is_pool(self, n: fx.Node) -> bool:
+        if self._is(n, ops.POOL_FUNCTIONS, ops.POOL_METHODS):
+            return True
+        m = self.submodule(n)
+        return m is not None and self.index.pools(m, n)
+
+    def is_gate(self, n: fx.Node) -> bool:
+        if self._is(n, ops.GATE_FUNCTIONS, ops.GATE_METHODS):
+            return True
+        m = self.submodule(n)
+        return m is not None and self.index.outputs_gate(m, n)
+
+    def is_product(self, n: fx.Node) -> bool:
+        return (self._is(n, ops.PRODUCT_FUNCTIONS, ops.PRODUCT_METHODS)
+                and sum(isinstance(a, fx.Node) for a in n.args[:2]) == 2)
+
+    def _constant(self, a: Any) -> bool:
+        """A number, a parameter or a tensor not computed from the inputs (a learned scale)."""
+        return not isinstance(a, fx.Node) or a not in self._fed
+
+    def _step(self, n: fx.Node) -> tuple[str | None, fx.Node | None]:
+        """``(kind, input)`` when ``n`` passes a factor on: ``view``, ``upsample``, ``gate``, ``affine``
+        (with constants), ``transparent``; ``(None, None)`` otherwise."""
+        data = [a for a in n.args if isinstance(a, fx.Node) and a in self._fed]
+        first = data[0] if data else None
+        m = self.submodule(n)
+        if first is None:
+            return None, None
+        if self._is(n, ops.VIEW_FUNCTIONS, ops.VIEW_METHODS):
+            # getitem on a tuple output (max's values) is no view of a tensor; x[:, :, None] is
+            return ("view", first) if _shape(first) is not None else (None, None)
+        if self._is(n, ops.UPSAMPLE_FUNCTIONS, frozenset()) or (m is not None and ops.UPSAMPLES(m)):
+            return "upsample", first
+        if self.is_gate(n):
+            return "gate", first
+        if m is not None and ops.is_transparent(m):
+            return "transparent", first
+        if n.op == "call_function" and n.target in ops.TRANSPARENT_FUNCTIONS:
+            return "transparent", first
+        if self._is(n, ops.AFFINE_FUNCTIONS, ops.AFFINE_METHODS) and len(data) == 1 \
+                and all(self._constant(a) for a in (*n.args, *n.kwargs.values()) if a is not first):
+            return "affine", first
+        return None, None
+
+    def factor_chain(self, f: fx.Node) -> tuple[list[fx.Node], str | None, bool]:
+        """From a factor back through views, upsampling, gates and affines: ``(nodes, gate, upsampled)``,
+        ``gate`` the name of the gate met (None if none), ``nodes`` ending at the first other node."""
+        chain, gate, upsampled, cur = [], None, False, f
+        while cur is not None and cur not in chain:
+            chain.append(cur)
+            kind, prev = self._step(cur)
+            if kind == "gate" and gate is None:
+                gate = _name(cur, self.submodule(cur))
+            upsampled |= kind == "upsample"
+            cur = prev
+        return chain, gate, upsampled
+
+    # ---- the three tests
+    @staticmethod
+    def _pooled_dims(x: tuple[int, ...], f: tuple[int, ...], upsampled: bool) -> tuple[int, ...] | None:
+        """The dims of ``x`` the factor ``f`` (as broadcast to ``x``'s rank) spreads over (test 1),
+        None if ``f`` is not per channel: those dims must be the last ones (channels first) or the first
+        after the batch (channels last), all of a map's spatial dims (two at least for a 2-D or 3-D map)."""
+        r = len(x)
+        if f[0] not in (1, x[0]):
+            return None
+        pooled, kept = [], []
+        for d in range(1, r):
+            if f[d] == x[d] and x[d] > 1:
+                kept.append(d)
+            elif f[d] == 1 or (upsampled and f[d] < x[d]):
+                pooled.append(d)
+            else:
+                return None
+        if not kept or not pooled or math.prod(x[d] for d in pooled) <= math.prod(f[d] for d in pooled):
+            return None
+        run = pooled == list(range(r - len(pooled), r)) or pooled == list(range(1, 1 + len(pooled)))
+        return tuple(pooled) if run and len(pooled) >= (2 if r >= 4 else 1) else None
+
+    def _pool_input(self, p: fx.Node) -> fx.Node | None:
+        tensors = [a for a in p.all_input_nodes if _shape(a) is not None]
+        return max(tensors, key=lambda a: _numel(_shape(a))) if tensors else None
+
+    def _pool_output(self, p: fx.Node) -> tuple[int, ...] | None:
+        shape = _shape(p)
+        if shape is None:  # x.max(dim): a (values, indices) pair
+            shape = next((_shape(u) for u in p.users if _shape(u) is not None), None)
+        return shape
+
+    def check(self, product: fx.Node, x: fx.Node, f: fx.Node) -> Gate | None:
+        sx = _shape(x)
+        if sx is None or not 3 <= len(sx) <= 5 or not isinstance(f, fx.Node):
+            return None
+        chain, gate, upsampled = self.factor_chain(f)
+        if gate is None:
+            return None  # test 2: no gate (a norm's rsqrt, a layer scale, a GLU's full-size factor)
+        shapes = [(_numel(s), i, s) for i, n in enumerate(chain) if (s := _shape(n)) is not None]
+        if not shapes:
+            return None
+        fshape = min(shapes)[2]
+        if len(fshape) > len(sx):
+            return None
+        fshape = (1,) * (len(sx) - len(fshape)) + tuple(fshape)
+        pooled = self._pooled_dims(sx, fshape, upsampled)
+        if pooled is None:
+            return None  # test 1: not per channel (a spatial attention map, a per-position gate)
+        need = math.prod(sx[d] for d in pooled) // math.prod(fshape[d] for d in pooled)
+        x_from = self.ancestors(x)
+        for p in sorted(self.ancestors(chain[-1]) | set(chain), key=self.order.__getitem__):
+            if not self.is_pool(p):
+                continue
+            i, out = self._pool_input(p), self._pool_output(p)
+            if i is None or out is None or _numel(_shape(i)) < need * _numel(out):
+                continue
+            if x not in self.ancestors(i) and i not in x_from:
+                continue  # test 3: pools something else than x's branch (a FiLM-style condition)
+            factor = (self.ancestors(f) - self.ancestors(i)) | {p}
+            modules = tuple(self._qualified(n.target) for n in self.nodes
+                            if n in factor and n.op == "call_module" and n is not product)
+            return Gate(owner=self.path, node=product.name, x=x.name, pool=_name(p, self.submodule(p)), gate=gate,
+                        modules=modules, on_input=self._is_input(x))
+        return None
+
+    def _is_input(self, x: fx.Node) -> bool:
+        while x.op != "placeholder":
+            kind, prev = self._step(x)
+            if kind not in ("view", "transparent"):
+                return False
+            x = prev
+        return True
+
+    def read(self) -> GraphGates:
+        found = GraphGates()
+        for n in self.nodes:
+            if not self.is_product(n):
+                continue
+            a, b = n.args[:2]
+            gate = self.check(n, a, b) or self.check(n, b, a)
+            if gate is None:
+                continue
+            x = a if gate.x == a.name else b
+            found.gates.append(gate)
+            found.products[n] = x
+            found.factor |= (self.ancestors(n) - self.ancestors(x)) - {n}
+        out = next((n for n in self.nodes if n.op == "output"), None)
+        end = out.args[0] if out is not None and out.args else None
+        while isinstance(end, fx.Node) and end not in found.products:
+            kind, prev = self._step(end)
+            end = prev if kind in ("view", "transparent") else None
+        found.output_gated = isinstance(end, fx.Node) and self._is_input(found.products[end])
+        return found
