@@ -1,4 +1,7 @@
-"""Name -> plain backbone. Sources are tried in the order of ``SOURCES``; a prefix picks one."""
+"""Name -> plain backbone. Sources are tried in the order of ``SOURCES``; a prefix picks one.
+
+``hf:`` (Hugging Face transformers, :mod:`backbones.hf`) is taken by its prefix only: an unprefixed
+name never imports transformers, an optional dependency."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -35,6 +38,16 @@ def _tv_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+def _hf_names() -> list[str]:
+    from .hf import hf_names
+    return hf_names()
+
+
+def _create_hf(name: str, **kwargs: Any) -> nn.Module:
+    from .hf import create_hf
+    return create_hf(name, **kwargs)
+
+
 def _create_own(name: str, **kwargs: Any) -> nn.Module:
     return _OWN[name](**kwargs)
 
@@ -62,15 +75,26 @@ SOURCES: dict[str, tuple[Callable[[], list[str]], Callable[..., nn.Module]]] = {
     "own": (lambda: sorted(_OWN), _create_own),
     "timm": (_timm_names, _create_timm),
     "tv": (_tv_names, _create_tv),
+    "hf": (_hf_names, _create_hf),
 }
+#: sources whose names always carry their prefix (listed ``tv:resnet50``); ``hf`` is never tried unprefixed
+PREFIXED = ("tv", "hf")
+UNPREFIXED = ("own", "timm", "tv")
 
 
 def list_backbones(source: str | None = None) -> list[str]:
-    """Every name ``create_backbone`` accepts (prefixed ``tv:`` for torchvision)."""
+    """Every name ``create_backbone`` accepts (prefixed ``tv:`` for torchvision, ``hf:`` for transformers;
+    transformers' names only where it is installed, or asked for by ``source="hf"``)."""
     names: list[str] = []
     for prefix, (list_names, _) in SOURCES.items():
-        if source in (None, prefix):
-            names += [n if prefix != "tv" else f"tv:{n}" for n in list_names()]
+        if source not in (None, prefix):
+            continue
+        if prefix == "hf" and source is None:
+            try:
+                import transformers  # noqa: F401
+            except ImportError:
+                continue
+        names += [f"{prefix}:{n}" if prefix in PREFIXED else n for n in list_names()]
     return names
 
 
@@ -88,7 +112,7 @@ def resolve_backbone(name: str) -> tuple[str, str]:
     prefix, _, bare = name.rpartition(":")
     if prefix and prefix not in SOURCES:
         raise BackboneError(f"backbone {name!r}: unknown source {prefix!r}; use one of {', '.join(SOURCES)}")
-    sources = [prefix] if prefix else list(SOURCES)
+    sources = [prefix] if prefix else list(UNPREFIXED)
     for src in sources:
         if bare in SOURCES[src][0]():
             return src, bare
@@ -101,7 +125,8 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     """A plain (SE-free) backbone, never with downloaded weights unless ``pretrained=True`` is asked.
 
     ``name`` is ``resnet50`` (own registry, then timm, then torchvision) or ``timm:resnet50`` /
-    ``tv:resnet50`` / ``own:cifar_resnet20`` to pick the source.
+    ``tv:resnet50`` / ``own:cifar_resnet20`` / ``hf:regnet`` (transformers: :mod:`backbones.hf`) to pick
+    the source.
     """
     source, bare = resolve_backbone(name)
     return SOURCES[source][1](bare, **kwargs)

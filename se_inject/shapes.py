@@ -50,9 +50,26 @@ def _first_conv(model: nn.Module) -> ConvNd | None:
     return next((m for m in model.modules() if isinstance(m, ConvNd)), None)
 
 
+def _config_input_size(model: nn.Module) -> tuple[int, ...] | None:
+    """A transformers model's ``config.image_size`` and ``num_channels`` (of its vision part in CLIP-like
+    configs), as ``(C, H, W)``; None for other models."""
+    if not type(model).__module__.startswith("transformers."):
+        return None
+    config = getattr(model, "config", None)
+    for cfg in (config, getattr(config, "vision_config", None)):
+        side, chans = getattr(cfg, "image_size", None), getattr(cfg, "num_channels", None)
+        if isinstance(side, int) and not isinstance(side, bool):
+            side = (side, side)
+        if (isinstance(side, (tuple, list)) and len(side) == 2 and all(isinstance(s, int) and s > 0 for s in side)
+                and isinstance(chans, int) and chans > 0):
+            return (chans, *side)
+    return None
+
+
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
-    """``pretrained_cfg['input_size']`` (timm), else what the first convolution takes (its input
-    channels and rank, at :data:`DEFAULT_SPATIAL`), else ``(3, 224, 224)``.
+    """``pretrained_cfg['input_size']`` (timm), else a transformers model's ``config.image_size``, else
+    what the first convolution takes (its input channels and rank, at :data:`DEFAULT_SPATIAL`), else
+    ``(3, 224, 224)``.
 
         >>> from torch import nn
         >>> default_input_size(nn.Sequential(nn.Conv1d(2, 8, 3), nn.ReLU()))
@@ -62,6 +79,9 @@ def default_input_size(model: nn.Module) -> tuple[int, ...]:
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
     if size:
         return tuple(int(s) for s in size)
+    size = _config_input_size(model)
+    if size:
+        return size
     conv = _first_conv(model)
     if conv is not None and len(conv.kernel_size) in DEFAULT_SPATIAL:
         return (int(conv.in_channels), *DEFAULT_SPATIAL[len(conv.kernel_size)])

@@ -9,7 +9,8 @@ __all__ = ["add_model_arguments", "build_model", "policy_overrides", "resolve_po
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="backbone name: timm (resnet50), torchvision (tv:resnet50) or own (cifar_resnet20)")
+    p.add_argument("model", help="backbone name: timm (resnet50), torchvision (tv:resnet50), own (cifar_resnet20) "
+                   "or transformers (hf:regnet: a model type, default config, random weights; the hf extra)")
     p.add_argument("--policy", default="paper", help="preset (paper, paper-no-last-stage, every-conv, inception) "
                    "or a YAML file; 'none' = the plain backbone")
     p.add_argument("--r", type=float, default=None, help="reduction ratio (overrides the policy's r)")

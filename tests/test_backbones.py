@@ -71,8 +71,8 @@ def test_one_name_check_for_every_caller():
     """create_backbone, the trainer's model.name and a comparison's backbones all ask resolve_backbone."""
     assert resolve_backbone("own:cifar_resnet8") == ("own", "cifar_resnet8")
     assert resolve_backbone("timm:resnet18") == ("timm", "resnet18")
-    with pytest.raises(BackboneError, match=r"^backbone 'hf:resnet18': unknown source 'hf'; use one of own, timm, tv$"):
-        resolve_backbone("hf:resnet18")
+    with pytest.raises(BackboneError, match=r"^backbone 'pt:resnet18': unknown source 'pt'; use one of own, timm, tv, hf$"):
+        resolve_backbone("pt:resnet18")
     with pytest.raises(BackboneError, match=r"^unknown backbone 'tv:resnet5' \(did you mean 'tv:resnet50'\?\)"):
         create_backbone("tv:resnet5")
 

@@ -105,7 +105,7 @@ class SEConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = field(default="cifar_resnet20", metadata=_help(
-        "Backbone name (own, timm or tv: torchvision); see `backbones.list_backbones()`.", check=_check_backbone))
+        "Backbone name (own, timm, tv: torchvision or hf: transformers); see `backbones.list_backbones()`.", check=_check_backbone))
     num_classes: int | None = field(default=None, metadata=_help("null: the data set's number of classes.", min=1))
     in_chans: int | None = field(default=None, metadata=_help("null: the data set's channels.", min=1))
     kwargs: dict[str, Any] = field(default_factory=dict, metadata=_help(

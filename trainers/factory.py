@@ -21,8 +21,9 @@ __all__ = ["build_backbone", "add_se", "build_model", "scaled_lr", "build_optimi
 
 
 def build_backbone(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """The plain backbone of ``model.name`` (He-initialised when ``model.init: he``)."""
-    from backbones import create_backbone, he_init_
+    """The plain backbone of ``model.name`` (He-initialised when ``model.init: he``); a transformers
+    classifier (``hf:``) inside :class:`backbones.hf.Logits`, which returns the logits tensor the loss takes."""
+    from backbones import create_backbone, he_init_, resolve_backbone
 
     m = cfg.model
     kwargs = dict(m.kwargs)
@@ -30,6 +31,9 @@ def build_backbone(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Modu
     model = create_backbone(m.name, num_classes=m.num_classes or num_classes, in_chans=m.in_chans or in_chans, **kwargs)
     if m.init == "he":
         he_init_(model)
+    if resolve_backbone(m.name)[0] == "hf":
+        from backbones.hf import Logits
+        model = Logits(model)
     return model
 
 

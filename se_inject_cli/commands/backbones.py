@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import fnmatch
 
-HELP = "list backbone names (own, timm, torchvision), optionally filtered by a glob"
+HELP = "list backbone names (own, timm, torchvision, transformers where installed), optionally filtered by a glob"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'resnet*' or 'tv:*'")
-    p.add_argument("--source", choices=["own", "timm", "tv"], default=None)
+    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'resnet*', 'tv:*' or 'hf:*'")
+    p.add_argument("--source", choices=["own", "timm", "tv", "hf"], default=None)
 
 
 def run(args: argparse.Namespace) -> int:
