@@ -141,7 +141,9 @@ class GateIndex:
     """
 
     def __init__(self, graphs: Iterable[ModuleGraph], root: nn.Module, prefix: str = "") -> None:
+        graphs = list(graphs)
         self._owners = {id(mg.module): mg for mg in graphs if mg.ok}
+        self._by_path = {mg.path: mg for mg in graphs if mg.ok}
         self._root, self._prefix = root, prefix
         self._paths: dict[int, str] | None = None
         self._leaves: dict[int, ModuleGraph | None] = {}
@@ -283,6 +285,73 @@ class GateIndex:
                 reader = _GraphReader(self, mg)
                 self._pools[key] = any(reader.is_pool(n) for n in mg.graph.nodes)
         return self._pools[key]
+
+    # ---- across an owner's boundary: its caller's graph
+    def caller(self, path: str) -> tuple[ModuleGraph, fx.Node] | None:
+        """The traced graph that calls the module at ``path`` and the call node (its parent's, or a
+        grandparent's that calls it by a dotted name); None for the root or an untraced caller."""
+        parts = path.split(".") if path else []
+        for i in range(len(parts) - 1, -1, -1):
+            mg = self._by_path.get(".".join(parts[:i]))
+            if mg is None:
+                continue
+            target = ".".join(parts[i:])
+            node = next((n for n in mg.graph.nodes if n.op == "call_module" and n.target == target), None)
+            if node is not None:
+                return mg, node
+        return None
+
+    def gated_next(self, mg: ModuleGraph, n: fx.Node, depth: int = 0) -> bool:
+        """What ``n`` computes is gated next: it (or a view of it, past drop-path) is the map a gate of
+        ``mg``'s graph multiplies, or goes straight into a module that gates its input; where it is the
+        owner's output, the same is asked of the owner's call in its caller's graph."""
+        found, reader = self.in_graph(mg), _GraphReader(self, mg)
+        gated = set(found.products.values())
+        cur: fx.Node | None = n
+        while cur is not None:
+            if cur in gated:
+                return True
+            users = [u for u in cur.users if not is_shape_query(u)]
+            if len(users) != 1:
+                return False
+            user = users[0]
+            if user.op == "output":
+                up = self.caller(mg.path) if depth < 4 and user.args and user.args[0] is cur else None
+                return up is not None and self.gated_next(up[0], up[1], depth + 1)
+            m = reader.submodule(user)
+            if m is not None and self.gates_input(m, user):
+                return True
+            kind, prev = reader._step(user)
+            cur = user if kind in ("view", "transparent", "affine") and prev is cur else None
+        return False
+
+    def gated_upstream(self, mg: ModuleGraph, branch: Iterable[str], shortcut: Iterable[str], depth: int = 0) -> bool:
+        """A residual branch that began in the caller: the add is ``mg``'s, its branch fed by the inputs
+        named ``branch`` and its shortcut by those named ``shortcut`` (transformers' EfficientNet passes the
+        block's input and its SE output to a child that adds them). Whether the branch's part in the
+        caller, what the caller computes for the branch alone, holds a gate."""
+        up = self.caller(mg.path) if depth < 4 else None
+        if up is None:
+            return False
+        cmg, call = up
+        try:
+            bound = inspect.signature(mg.module.forward).bind(*call.args, **call.kwargs).arguments
+        except TypeError:
+            return False
+        b_nodes = [bound[p] for p in branch if isinstance(bound.get(p), fx.Node)]
+        s_nodes = [bound[p] for p in shortcut if isinstance(bound.get(p), fx.Node)]
+        if not b_nodes:
+            return False
+        reader = _GraphReader(self, cmg)
+        own = set().union(*(reader.ancestors(b) for b in b_nodes)) - set().union(*(reader.ancestors(s) for s in s_nodes))
+        found = self.in_graph(cmg)
+        for r in own:
+            m = reader.submodule(r)
+            if r in found.products or (m is not None and self.holds(m, r)):
+                return True
+        inputs = [r.target for r in own if r.op == "placeholder"]
+        shared = [r.target for s in s_nodes for r in reader.ancestors(s) if r.op == "placeholder"]
+        return bool(inputs) and self.gated_upstream(cmg, inputs, shared, depth + 1)
 
     def inside(self, path: str) -> bool:
         """``path`` computes a gate's factor, or lies in a module that is a gate as a whole: no site there
@@ -452,6 +521,8 @@ class _GraphReader:
         pooled = self._pooled_dims(sx, fshape, upsampled)
         if pooled is None:
             return None  # test 1: not per channel (a spatial attention map, a per-position gate)
+        if len(sx) == 3 and pooled != ((2,) if self._conv_made(x) else (1,)):
+            return None  # a rank-3 tensor is (N, L, C) tokens unless a conv made it (N, C, L): a weight per token is no channel gate
         need = math.prod(sx[d] for d in pooled) // math.prod(fshape[d] for d in pooled)
         x_from = self.ancestors(x)
         for p in sorted(self.ancestors(chain[-1]) | set(chain), key=self.order.__getitem__):
@@ -468,6 +539,23 @@ class _GraphReader:
             return Gate(owner=self.path, node=product.name, x=x.name, pool=_name(p, self.submodule(p)), gate=gate,
                         modules=modules, on_input=self._is_input(x))
         return None
+
+    def _conv_made(self, x: fx.Node) -> bool:
+        """The nearest learned layer upstream of ``x`` is a convolution (a 1-D map ``(N, C, L)``), not a
+        linear layer (tokens ``(N, L, C)``), as :mod:`se_inject.sites` reads rank-3 tensors."""
+        seen, stack = set(), [x]
+        while stack:
+            cur = stack.pop(0)
+            if cur in seen:
+                continue
+            seen.add(cur)
+            m = self.submodule(cur)
+            if m is not None and ops.learned_layers(m):
+                return isinstance(ops.learned_layers(m)[-1], ConvNd)
+            if cur.op == "call_function" and cur.target in (*ops.CONV_FUNCTIONS, torch.nn.functional.linear):
+                return cur.target in ops.CONV_FUNCTIONS
+            stack.extend(cur.all_input_nodes)
+        return False
 
     def _is_input(self, x: fx.Node) -> bool:
         while x.op != "placeholder":

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import operators as ops
-from .gates import GateIndex, GraphGates, is_shape_query
+from .gates import GateIndex, GraphGates
 from .tracing import ModuleGraph
 
 __all__ = ["GraphFacts"]
@@ -97,28 +97,24 @@ class GraphFacts:
         return m is not None and self.gates.holds(m, n)
 
     def gates_output(self, n: fx.Node) -> bool:
-        """What ``n`` computes is gated next: it (or a view of it, past drop-path) is the map a gate of
-        this graph multiplies, or goes straight into a module that gates its input."""
-        cur: fx.Node | None = n
-        gated = set(self.own_gates.products.values())
-        while cur is not None:
-            if cur in gated:
-                return True
-            users = [u for u in cur.users if not is_shape_query(u)]
-            if len(users) != 1:
-                return False
-            if self.is_gate(users[0]):
-                return True
-            cur = users[0] if self.is_transparent(users[0]) or self._is_view(users[0]) else None
-        return False
+        """What ``n`` computes is gated next: it (or a view of it, past drop-path) is the map a gate
+        multiplies, or goes straight into a module that gates its input, here or, where it is this
+        module's output, in the caller's graph (:meth:`GateIndex.gated_next`)."""
+        return self.gates.gated_next(self.mg, n)
+
+    def branch_gated_upstream(self, region: "set[fx.Node]", shortcut: list[fx.Node]) -> bool:
+        """A branch fed by an input of its own (the fork is in the caller) is gated in the caller."""
+        own = {r for r in region if r.op == "placeholder"}
+        shared = {a for t in shortcut for a in nx.ancestors(self.dag, t) | {t} if isinstance(a, fx.Node) and a.op == "placeholder"}
+        if not own - shared:
+            return False
+        return self.gates.gated_upstream(self.mg, [p.target for p in own - shared], [p.target for p in shared])
 
     def in_gate(self, n: fx.Node) -> bool:
         """``n`` computes a gate's factor (its pooling, bottleneck, gate): no site there."""
         return n in self.own_gates.factor
 
-    def _is_view(self, n: fx.Node) -> bool:
-        return ((n.op == "call_function" and n.target in ops.VIEW_FUNCTIONS)
-                or (n.op == "call_method" and n.target in ops.VIEW_METHODS))
+
 
     def dilation(self, nodes: "set[fx.Node]") -> int:
         """The smallest dilation of the spatial convs the ``nodes`` run (1 when none is dilated)."""

@@ -266,8 +266,8 @@ class _Finder:
                 self.covered.update(dict.fromkeys(region, core.name))
                 direct = (len(terms) == 2 and n.op == "call_function" and n.args[0] in terms and n.args[1] in terms
                           and all(o.is_identity(t) for t in o.tail(core, branch)))
-                gated = any(o.holds_gate(r) for r in region)
                 shortcut = [t for t in terms if t is not branch]
+                gated = any(o.holds_gate(r) for r in region) or o.branch_gated_upstream(region, shortcut)
                 detail = "shortcut: " + ", ".join("identity" if t is fork or o.depth(fork, t) == 0 else t.name for t in shortcut)
                 self.add_site("residual", core, fuse=n if direct else None,
                               gated=gated, detail=detail, dilation=o.dilation(region), not_a_map=not_a_map)

@@ -341,3 +341,50 @@ def test_class_names_remain_the_fallback_for_untraceable_gates():
 def test_an_untraceable_gate_is_not_found_without_its_class_name(no_class_names):
     from timm.layers.gather_excite import GatherExcite
     assert residual_status(Residual(GatherExcite(C, use_mlp=False))) is Code.OK
+
+
+# ---- rank 3: a 1-D map (N, C, L) made by a conv, or tokens (N, L, C)
+
+class OneD(nn.Module):
+    """SE on a Conv1d map (ECAPA-TDNN's): the factor (N, C, 1) spreads over the length."""
+
+    def __init__(self, c: int = C) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv1d(c, c, 3, padding=1), nn.Linear(c, c)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * torch.sigmoid(self.fc(y.mean(-1))).unsqueeze(-1)
+
+
+class TokenSE(nn.Module):
+    """SE over tokens (N, L, C): the factor (N, 1, C) is per channel, pooled over the tokens."""
+
+    def __init__(self, c: int = C) -> None:
+        super().__init__()
+        self.proj, self.fc = nn.Linear(c, c), nn.Linear(c, c)
+
+    def forward(self, x):
+        y = self.proj(x)
+        return y * torch.sigmoid(self.fc(y.mean(1, keepdim=True)))
+
+
+class TokenWeights(nn.Module):
+    """A weight per token from a projection to one value (SwiftFormer's additive attention): (N, L, 1)
+    spreads over the channels, not the tokens; no channel gate."""
+
+    def __init__(self, c: int = C) -> None:
+        super().__init__()
+        self.proj = nn.Linear(c, c)
+        self.w_g = nn.Parameter(torch.randn(c, 1))
+
+    def forward(self, x):
+        q = self.proj(x)
+        return q * (q @ self.w_g).softmax(dim=1)
+
+
+@pytest.mark.parametrize("make,size,found", [(OneD, (C, 32), True), (TokenSE, (10, C), True),
+                                             (TokenWeights, (10, C), False)])
+def test_rank3_channels_follow_the_layer_that_made_them(make, size, found, no_class_names):
+    module = make()
+    assert bool(gates_of(module, size)) is found
