@@ -21,7 +21,7 @@ import torch.utils._pytree as pytree  # torch's pytree: the exporters' output or
 from torch import nn
 
 __all__ = ["pytree", "CodeOnlyModule", "format_import_block", "forward_from_src", "sys_importer", "MODULE_STATE",
-           "qualified_name", "drop_dotted_wraps", "fake_tensor_mode", "size_oblivious_export", "version_of",
+           "qualified_name", "drop_dotted_wraps", "plain_codegen", "fake_tensor_mode", "size_oblivious_export", "version_of",
            "ConvNd", "NormBase", "holds_data", "is_interpreted", "declare_op_kernels", "check"]
 
 # ---- torch.fx.graph_module: rebuilding a GraphModule from its generated code (pickling, deepcopy),
@@ -65,6 +65,26 @@ def drop_dotted_wraps() -> None:
     dotted = [k for k in st._wrapped_fns_to_patch if "." in k[1]]
     for key in dotted:
         del st._wrapped_fns_to_patch[key]
+
+
+def plain_codegen(graph: fx.Graph) -> bool:
+    """Give ``graph`` fx's plain code generator where a concrete argument without leaves (an empty
+    ``**kwargs``) made fx wrap it in pytree flattening (``_PyTreeCodeGen``): that code is invalid
+    Python (an empty target list, torch 2.14) and adds nothing when every input is one placeholder.
+    The output, flattened for that generator, is built again from its spec. Whether it was done
+    (False: a graph whose inputs really are nested keeps its generator)."""
+    codegen = graph._codegen
+    info = getattr(codegen, "pytree_info", None)
+    if not isinstance(codegen, fx.graph._PyTreeCodeGen) or info is None:
+        return False
+    specs = info.in_spec.children() if info.in_spec is not None else []
+    if any(not (spec.is_leaf() or spec.num_leaves == 0) for spec in specs):
+        return False
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    if info.out_spec is not None:
+        output.args = (pytree.tree_unflatten(list(output.args[0]), info.out_spec),)
+    graph._codegen = fx.graph.CodeGen()
+    return True
 
 
 def fake_tensor_mode() -> Any:
@@ -144,6 +164,8 @@ def check() -> list[str]:
             problems.append("torch.fx._symbolic_trace._wrapped_fns_to_patch is no longer a dict (drop_dotted_wraps)")
     except Exception as e:
         problems.append(f"fx private names moved: {type(e).__name__}: {e}")
+    if not (hasattr(fx.graph, "_PyTreeCodeGen") and hasattr(fx.graph._PyTreeCodeGen, "gen_fn_def")):
+        problems.append("torch.fx.graph._PyTreeCodeGen moved (plain_codegen)")
     try:
         with fake_tensor_mode():
             torch.empty(2)

@@ -29,6 +29,7 @@ from ._torch_compat import CodeOnlyModule as _CodeOnlyModule
 from ._torch_compat import format_import_block as _format_import_block
 from ._torch_compat import forward_from_src as _forward_from_src
 from ._torch_compat import sys_importer
+from .tracing import KeepDictClasses
 
 __all__ = ["OwnerGraphModule", "original_class", "original_class_name"]
 
@@ -149,7 +150,7 @@ def _resolve(modules: "OrderedDict[str, nn.Module | None]", owner: nn.Module, ta
     return obj
 
 
-class _KeepModules(fx.Tracer):
+class _KeepModules(KeepDictClasses):
     """Re-traces generated code: every submodule call stays a call (as torch's own unpickler does)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:

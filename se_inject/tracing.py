@@ -18,6 +18,7 @@ is then interpreted with the arguments its module received, and every node gets
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 from collections.abc import Iterator
@@ -28,13 +29,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ._torch_compat import drop_dotted_wraps, pytree, qualified_name
+from ._torch_compat import drop_dotted_wraps, plain_codegen, pytree, qualified_name
 from .errors import TraceError
 from .operators import is_learned
 from .shapes import (BACKENDS, Call, annotate_shapes, check_input_size, default_input_size, eval_mode,
                      expected_input, first_line, forward_shapes, model_device, record_calls, shapes_of)
 
-__all__ = ["ForwardError", "ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent", "clean_wrapped_calls",
+__all__ = ["ForwardError", "KeepDictClasses", "ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent", "clean_wrapped_calls",
            "learned_paths", "Call", "default_input_size", "forward_shapes"]
 
 
@@ -89,7 +90,24 @@ def _autowrap_functions() -> tuple[Any, ...]:
     return tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
 
 
-class _OneLevelTracer(fx.Tracer):
+#: dict classes fx writes into a graph as they are (any other dict subclass is rebuilt by a call of its class)
+_PLAIN_DICTS = (dict, collections.OrderedDict, collections.defaultdict)
+
+
+class KeepDictClasses(fx.Tracer):
+    """A tracer that keeps a returned dict of a class of its own (transformers' ``ModelOutput``) of
+    its class: fx writes a plain dict into the graph, and a caller that reads ``outputs[0]`` or
+    ``.logits`` from a rewritten module would then fail. The dict is built again by a call of its
+    class on the same keys (an unpickled rewritten module, re-traced from its code, keeps it too)."""
+
+    def create_arg(self, a: Any) -> Any:
+        if (isinstance(a, dict) and type(a) not in _PLAIN_DICTS and a
+                and all(isinstance(k, str) and k.isidentifier() for k in a)):
+            return self.create_node("call_function", type(a), (), {k: self.create_arg(v) for k, v in a.items()})
+        return super().create_arg(a)
+
+
+class _OneLevelTracer(KeepDictClasses):
     """Traces ``root``'s own forward; every submodule call is a leaf ``call_module`` node."""
 
     def __init__(self, root: nn.Module) -> None:
@@ -123,6 +141,11 @@ def _concrete_args(module: nn.Module, call: Call | None, *, keep_sizes: bool = T
     concrete: dict[str, Any] = {}
     for name, value in bound.arguments.items():
         kind = bound.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD and not value:
+            # no extra keywords: ``**kwargs`` is an empty dict, not a proxy that a call would unpack
+            # (transformers' layers pass their ``**kwargs`` on to their children)
+            concrete[f"**{name}"] = {}
+            continue
         if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             continue
         if isinstance(value, torch.Tensor) or (keep_sizes and isinstance(value, int) and _is_size(value)):
@@ -132,6 +155,32 @@ def _concrete_args(module: nn.Module, call: Call | None, *, keep_sizes: bool = T
             continue
         concrete[name] = pytree.tree_map(lambda v: fx.PH if isinstance(v, torch.Tensor) else v, value)
     return concrete or None
+
+
+@contextlib.contextmanager
+def _unwrapped_forward(module: nn.Module) -> Iterator[None]:
+    """``module``'s class forward as the function a decorator wraps, while fx traces it, where the
+    wrapper takes ``(*args, **kwargs)`` and the function does not (transformers' ``GradientCheckpointingLayer``
+    wraps every layer's forward so): fx makes placeholders from the function's signature but calls
+    the wrapper, which then unpacks a proxy as ``*args``. The wrapper only checkpoints in training
+    with gradient checkpointing on; a rewritten module runs the graph of the function."""
+    cls = type(module)
+    wrapper = cls.forward
+    inner = inspect.unwrap(wrapper)
+    flags = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
+    if inner is wrapper or not hasattr(wrapper, "__code__") or not hasattr(inner, "__code__") or \
+            not wrapper.__code__.co_flags & inspect.CO_VARARGS or inner.__code__.co_flags & flags == flags:
+        yield
+        return
+    own = "forward" in vars(cls)
+    cls.forward = inner
+    try:
+        yield
+    finally:
+        if own:
+            cls.forward = wrapper
+        else:
+            del cls.forward
 
 
 def trace_module(module: nn.Module, call: Call | None = None) -> tuple[fx.Graph, dict[str, torch.Tensor]]:
@@ -146,16 +195,19 @@ def trace_module(module: nn.Module, call: Call | None = None) -> tuple[fx.Graph,
     before = set(vars(module))
     try:
         try:
-            graph = _OneLevelTracer(module).trace(module, concrete_args=_concrete_args(module, call))
+            with _unwrapped_forward(module):
+                graph = _OneLevelTracer(module).trace(module, concrete_args=_concrete_args(module, call))
         except Exception:  # the forward branches on a size: fix it to the traced value (fx asserts it)
             for k in set(vars(module)) - before:
                 del module.__dict__[k]
             concrete = _concrete_args(module, call, keep_sizes=False)
             if concrete == _concrete_args(module, call):
                 raise
-            graph = _OneLevelTracer(module).trace(module, concrete_args=concrete)
+            with _unwrapped_forward(module):
+                graph = _OneLevelTracer(module).trace(module, concrete_args=concrete)
     finally:
         added = {k: module.__dict__.pop(k) for k in set(vars(module)) - before}
+    plain_codegen(graph)  # an empty **kwargs made concrete: no pytree wrapper around a plain signature
     return clean_wrapped_calls(graph), added
 
 
