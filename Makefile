@@ -16,7 +16,7 @@ $(PY):
 # Re-installs only when pyproject.toml changes; an already complete venv is reused as is.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,hf]'
 	touch $(STAMP)
 
 data: $(FASHION_MNIST)

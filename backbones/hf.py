@@ -85,6 +85,8 @@ def create_hf(model_type: str, num_classes: int | None = None, pretrained: bool 
         raise BackboneError(f"hf:{model_type}: bad config field: {e}") from None
     if in_chans not in (None, 3):
         _set_channels(cfg, in_chans)
+    if getattr(cfg, "architectures", None) is None:
+        cfg.architectures = []  # the auto class iterates it to pick among several classes of a type (DeiT's two)
     if not is_classifier(model_type):
         if num_classes is not None:
             raise BackboneError(f"hf:{model_type} is a backbone (feature maps out, no classifier): "

@@ -14,6 +14,7 @@ with ``--export-original``), and the error class/message of any failure. Then a 
     python benchmarks/zoo.py --report-only                 # rebuild zoo.md from the JSON lines
     python benchmarks/zoo.py --source tv --jobs 2          # torchvision: classification, detection,
                                                            # segmentation, video -> tv_zoo.jsonl / .md
+    python benchmarks/zoo.py --source hf --jobs 1          # transformers' vision model types -> hf_zoo.jsonl / .md
     python benchmarks/zoo.py --plan-only --engine ../old --results /tmp/old.jsonl   # another checkout's engine
     python benchmarks/zoo_diff.py /tmp/old.jsonl benchmarks/results/zoo_plan.jsonl # what changed
 
@@ -540,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", choices=sorted(SOURCES), default="timm",
-                    help="timm (every timm model) or tv (torchvision: classification, detection, segmentation, video)")
+                    help="timm (every timm model), tv (torchvision: classification, detection, segmentation, video) "
+                         "or hf (transformers: image-classification and backbone model types, default configs)")
     ap.add_argument("--plan-only", action="store_true", help="meta-device planning only")
     ap.add_argument("--no-export", action="store_true", help="full run without ONNX export")
     ap.add_argument("--export-original", action="store_true",

@@ -172,8 +172,7 @@ def report(results: Path, out: Path, argv: list[str], source: Source | str = "ti
     structured = [r for r in created if r.get("map_structure")]
     eligible = [r for r in structured if not (r.get("gated_structure") and not r.get("se"))]
     eligible_se = [r for r in eligible if r.get("se")]
-    library = "timm" if source.key == "timm" else "torchvision"
-    versions = f"{library} {__import__(library).__version__}, torch {__import__('torch').__version__}"
+    versions = f"{source.library} {__import__(source.library).__version__}, torch {__import__('torch').__version__}"
     lines = [
         f"# {source.title}", "",
         f"- {versions}; commit {sorted({r.get('commit', '?') for r in rows})}; "
@@ -188,6 +187,8 @@ def report(results: Path, out: Path, argv: list[str], source: Source | str = "ti
                      "video modules, `weights=None` (`weights_backbone=None`; detectors built with "
                      f"`{', '.join(f'{k}={v}' for k, v in DETECTION_KW.items())}` where the builder takes it); not swept: "
                      + "; ".join(f"`{k}` ({v})" for k, v in TV_SKIPPED.items()))
+    elif source.models:
+        lines.append(f"- models: {source.models}")
     lines += [
         "",
         "## Totals", "",
@@ -265,7 +266,8 @@ def report(results: Path, out: Path, argv: list[str], source: Source | str = "ti
     lines.append("")
 
     lines += _category_table(rows, full)
-    what = "timm's model module" if source.key == "timm" else "the torchvision module of the model's builder"
+    what = {"timm": "timm's model module", "tv": "the torchvision module of the model's builder",
+            "hf": "the transformers module of the model type"}.get(source.key, source.key)
     lines += ["## Per family", "", f"family = {what}", "",
               "| family | models | with SE | no site | errors | SE blocks | example |", "|---|---|---|---|---|---|---|"]
     fam: dict[str, list[dict]] = collections.defaultdict(list)
@@ -316,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", choices=sorted(SOURCES), default=None, help="default: tv for tv_zoo*.jsonl, else timm")
     ap.add_argument("-o", "--out", type=Path, default=None, help="default: the results file with .md")
     args = ap.parse_args(argv)
-    source = args.source or ("tv" if args.results.name.startswith("tv_") else "timm")
+    source = args.source or next((k for k, s in SOURCES.items() if args.results.name.startswith(f"{s.stem}_")
+                                  or args.results.stem == s.stem), "timm")
     print(report(args.results, args.out or args.results.with_suffix(".md"), ["--report-only"], source))
     return 0
 

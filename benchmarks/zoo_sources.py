@@ -14,7 +14,9 @@ timm: every name in ``timm.list_models()``, ``pretrained=False``, all classifier
 ``torchvision.models.list_models`` over the classification, detection, segmentation and video
 modules, ``weights=None`` (and ``weights_backbone=None``). Not swept: ``quantization`` (int8 models
 built for FX/eager quantization: ``se_inject`` gates float models) and ``optical_flow`` (RAFT takes
-two images, not one tensor).
+two images, not one tensor). transformers (``hf``): every model type with an image-classification
+class (a classifier) or, failing that, a backbone class (feature maps out), built from its default
+config with random weights (``backbones.hf``, the names ``hf:<type>`` take).
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ class Source:
     category: Callable[[str], str]       # a TASKS key
     family: Callable[[str], str]         # the report's per-family rows
     create: Callable[[str], Any]         # untrained model (under ``torch.device("meta")`` for plans)
+    library: str = "timm"                # the package whose version the report gives
+    models: str = ""                     # the report's line on which models are swept and how they are built
 
 
 def _timm_names() -> list[str]:
@@ -109,11 +113,39 @@ def _tv_create(name: str):
     return torchvision.models.get_model(name, **kw)
 
 
+def _hf_names() -> list[str]:
+    from backbones.hf import hf_names
+    return hf_names()
+
+
+def _hf_category(name: str) -> str:
+    from backbones.hf import is_classifier
+    return "classification" if is_classifier(name) else "backbone"
+
+
+def _hf_family(name: str) -> str:
+    """The transformers module of the type (``data2vec-vision`` -> ``data2vec``)."""
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+    return model_type_to_module_name(name)
+
+
+def _hf_create(name: str):
+    from backbones.hf import create_hf
+    return create_hf(name)
+
+
 SOURCES = {
     "timm": Source("timm", "se-inject over the timm zoo", "zoo", _timm_names, lambda name: "classification",
                    _timm_family, _timm_create),
     "tv": Source("tv", "se-inject over torchvision's models", "tv_zoo", _tv_names, _tv_category, _tv_family,
-                 _tv_create),
+                 _tv_create, library="torchvision"),
+    "hf": Source("hf", "se-inject over Hugging Face transformers' vision models", "hf_zoo", _hf_names, _hf_category,
+                 _hf_family, _hf_create, library="transformers",
+                 models="every model type of transformers' image-classification and backbone mappings "
+                        "(`backbones.hf.hf_names()`, the names `hf:<type>` take), built from its default config "
+                        "(`AutoConfig.for_model`) with random weights: `AutoModelForImageClassification.from_config` "
+                        "(category classification), else `AutoBackbone.from_config` (category backbone: feature maps out); "
+                        "nothing downloaded"),
 }
 
 # ---------------------------------------------------------------------------------------- tasks
@@ -201,6 +233,7 @@ class Task:
 
 TASKS = {
     "classification": Task(_image_sizes, _batch, _shapes, _mean_loss, True),
+    "backbone": Task(_image_sizes, _batch, _shapes, _mean_loss, True),       # feature maps (transformers' AutoBackbone)
     "segmentation": Task(_image_sizes, _batch, _shapes, _mean_loss, True),   # the dict's `out` (and `aux`)
     "video": Task(_video_sizes, _batch, _shapes, _mean_loss, True),
     "detection": Task(_detector_sizes, _detector_images, _detector_signature, _detector_loss, False,

@@ -89,3 +89,29 @@ def test_cli_plan_takes_an_hf_name(capsys):
         warnings.simplefilter("ignore")
         assert main(["plan", "hf:resnet", "--input-size", "3", "64", "64"]) == 0
     assert "16 SE blocks" in capsys.readouterr().out
+
+
+def test_a_rewritten_module_that_returns_a_model_output_keeps_returning_one(tmp_path):
+    """fx writes a returned ModelOutput as a plain dict; transformers' callers index it (``outputs[0]``)."""
+    model = create_backbone("hf:efficientnet", width_coefficient=0.25, depth_coefficient=0.25, image_size=64,
+                            hidden_dim=320).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        se = se_inject.apply(model)
+    assert isinstance(se.efficientnet.encoder.se, se_inject.SqueezeExcite)   # the encoder's own graph was rewritten
+    x = torch.randn(2, 3, 64, 64)
+    assert type(se(x)).__name__ == "ImageClassifierOutputWithNoAttention"
+    torch.save(se, tmp_path / "se.pt")
+    again = torch.load(tmp_path / "se.pt", weights_only=False)
+    assert torch.equal(again(x).logits, se(x).logits)
+
+
+def test_a_residual_whose_branch_begins_in_the_caller_is_gated_there():
+    """transformers' EfficientNet adds the block's input to its branch inside ``projection``, which is
+    given both: the SE (``squeeze_excite``) is on the branch, in the caller's graph."""
+    model = create_backbone("hf:efficientnet", width_coefficient=0.25, depth_coefficient=1.0, image_size=64,
+                            hidden_dim=320)
+    plan = se_inject.plan(model, count_flops=False)
+    residual = [s.site for s in plan.skipped if s.site.kind == "residual"]
+    assert residual and all(s.status is Code.ALREADY_GATED and s.path.endswith(".projection") for s in residual)
+    assert not plan.placements
