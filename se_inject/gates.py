@@ -301,13 +301,16 @@ class GateIndex:
                 return mg, node
         return None
 
-    def gated_next(self, mg: ModuleGraph, n: fx.Node, depth: int = 0) -> bool:
+    def gated_next(self, mg: ModuleGraph, n: fx.Node, depth: int = 0, learned: int = 0) -> bool:
         """What ``n`` computes is gated next: it (or a view of it, past drop-path) is the map a gate of
         ``mg``'s graph multiplies, or goes straight into a module that gates its input; where it is the
-        owner's output, the same is asked of the owner's call in its caller's graph."""
+        owner's output, the same is asked of the owner's call in its caller's graph. ``learned``: how
+        many learned layers (with their norm and activation) may come between (a dense block's concat,
+        then VoVNet's aggregation conv, then its ESE)."""
         found, reader = self.in_graph(mg), _GraphReader(self, mg)
         gated = set(found.products.values())
         cur: fx.Node | None = n
+        passed = 0
         while cur is not None:
             if cur in gated:
                 return True
@@ -316,13 +319,23 @@ class GateIndex:
                 return False
             user = users[0]
             if user.op == "output":
-                up = self.caller(mg.path) if depth < 4 and user.args and user.args[0] is cur else None
-                return up is not None and self.gated_next(up[0], up[1], depth + 1)
+                out = user.args[0] if user.args else None
+                if isinstance(out, (list, tuple)) and len(out) == 1:
+                    out = out[0]  # fx's pytree code generator returns a flat list of the outputs
+                up = self.caller(mg.path) if depth < 4 and out is cur else None
+                return up is not None and self.gated_next(up[0], up[1], depth + 1, learned - passed)
             m = reader.submodule(user)
             if m is not None and self.gates_input(m, user):
                 return True
             kind, prev = reader._step(user)
-            cur = user if kind in ("view", "transparent", "affine") and prev is cur else None
+            if kind in ("view", "transparent", "affine") and prev is cur:
+                cur = user
+            elif passed < learned and m is not None and ops.learned_layers(m) and user.args and user.args[0] is cur:
+                passed, cur = passed + 1, user  # a conv unit (conv, norm, act in one module, or the conv alone)
+            elif passed and m is not None and (ops.is_norm(m) or ops.is_act(m) or ops.is_norm_act(m)):
+                cur = user  # the norm and activation after that conv
+            else:
+                cur = None
         return False
 
     def gated_upstream(self, mg: ModuleGraph, branch: Iterable[str], shortcut: Iterable[str], depth: int = 0) -> bool:

@@ -96,11 +96,12 @@ class GraphFacts:
         m = self.submodule(n)
         return m is not None and self.gates.holds(m, n)
 
-    def gates_output(self, n: fx.Node) -> bool:
+    def gates_output(self, n: fx.Node, learned: int = 0) -> bool:
         """What ``n`` computes is gated next: it (or a view of it, past drop-path) is the map a gate
         multiplies, or goes straight into a module that gates its input, here or, where it is this
-        module's output, in the caller's graph (:meth:`GateIndex.gated_next`)."""
-        return self.gates.gated_next(self.mg, n)
+        module's output, in the caller's graph (:meth:`GateIndex.gated_next`); ``learned`` layers may
+        come between."""
+        return self.gates.gated_next(self.mg, n, learned=learned)
 
     def branch_gated_upstream(self, region: "set[fx.Node]", shortcut: list[fx.Node]) -> bool:
         """A branch fed by an input of its own (the fork is in the caller) is gated in the caller."""

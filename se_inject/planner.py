@@ -284,7 +284,10 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
     kinds = policy.kinds
     if policy.conv_fallback and not any(s.kind in kinds for s in sites):  # none at all (gated ones count)
         for fallback, what in FALLBACKS:
-            if fallback not in kinds and any(s.kind == fallback and s.status is Code.OK for s in sites):
+            # a fallback kind whose sites the model gates itself ends the search: its dense blocks are
+            # gated (VoVNet's ESE), gating every conv unit instead would put a second gate on them
+            if fallback not in kinds and any(s.kind == fallback and s.status in (Code.OK, Code.ALREADY_GATED)
+                                             for s in sites):
                 kinds = (*kinds, fallback)
                 notes.append(f"no {'/'.join(policy.kinds)} site in this model: gating {what} (conv_fallback)")
                 break

@@ -311,6 +311,10 @@ class _Finder:
             parallel = sum(d > 0 for d in o.own_depths(fork, inputs))
             gated = o.gates_output(n)
             covered_by = self.covered.get(n)  # on a residual branch (Inception-ResNet): that site may gate it
+            if carried and learned >= 1:
+                # a unit that carries part of its input and whose learned part holds a gate is gated: a
+                # CSPNet stage of SE blocks, an RDNet dense stage of ESE blocks
+                gated = gated or any(o.holds_gate(r) for i, d in zip(inputs, depths) if d > 0 for r in o.region(fork, i))
             if carried and learned >= 1 and self._splits(fork, n, inputs):
                 site = self.add_site("split", n, gated=gated, detail=f"{len(inputs)} parts, {learned} learned",
                                      channel_dim=dim, covered_by=covered_by)
@@ -319,6 +323,8 @@ class _Finder:
                         f"{o.mg.path}.{r.target}" if o.mg.path else r.target
                         for i, d in zip(inputs, depths) if d > 0 for r in o.region(fork, i) if r.op == "call_module"}
             elif carried and learned >= 1:
+                # a dense block's output is gated too when a gate follows its aggregation conv (VoVNet's ESE)
+                gated = gated or o.gates_output(n, learned=1)
                 self.add_site("concat", n, gated=gated, detail=f"{len(inputs)} inputs, input carried forward",
                               channel_dim=dim, covered_by=covered_by)
             elif parallel >= 2:

@@ -388,3 +388,18 @@ class TokenWeights(nn.Module):
 def test_rank3_channels_follow_the_layer_that_made_them(make, size, found, no_class_names):
     module = make()
     assert bool(gates_of(module, size)) is found
+
+
+@pytest.mark.parametrize("name,kinds", [
+    ("cs3sedarknet_l", {"residual", "split"}),   # a CSP stage of SE blocks: its split-concat is gated by them
+    ("ese_vovnet19b_dw", {"concat"}),            # an OSA block's concat, its aggregation conv, then its ESE
+    ("rdnet_base", {"concat"}),                  # RDNet's dense stages of ESE blocks
+])
+def test_units_that_carry_their_input_are_gated_by_the_gates_in_or_after_them(timm_model, name, kinds):
+    plan = se_inject.plan(timm_model(name), input_size=(3, 64, 64), count_flops=False)
+    gated = {s.site.kind for s in plan.skipped if s.site.status is Code.ALREADY_GATED}
+    assert kinds <= gated
+    # and no fallback to conv units when the dense blocks gate themselves
+    assert not any(p.site.kind == "conv" for p in plan.placements)
+    if name != "rdnet_base":  # RDNet's first stages hold plain blocks: those get SE
+        assert not plan.placements

@@ -115,3 +115,19 @@ def test_a_residual_whose_branch_begins_in_the_caller_is_gated_there():
     residual = [s.site for s in plan.skipped if s.site.kind == "residual"]
     assert residual and all(s.status is Code.ALREADY_GATED and s.path.endswith(".projection") for s in residual)
     assert not plan.placements
+
+
+def test_transformer_layers_trace_and_take_token_se_with_nlc():
+    """transformers' ViT layers hide their forward behind a checkpointing wrapper and pass **kwargs on:
+    traced as the function they wrap, their residual sites are found (tokens: skipped by default)."""
+    model = create_backbone("hf:vit", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, image_size=32, patch_size=8).eval()
+    plan = se_inject.plan(model, count_flops=False)
+    assert not plan.placements and sum(plan.skipped_by_reason().values()) == 4   # attention + MLP, 2 layers
+    se = se_inject.apply(model, layouts=["nchw", "nhwc", "nlc"])
+    blocks = [m for m in se.modules() if isinstance(m, se_inject.SqueezeExcite)]
+    assert len(blocks) == 4
+    x = torch.randn(2, 3, 32, 32)
+    se.train()
+    se(x).logits.sum().backward()
+    assert all(p.grad is not None for b in blocks for p in b.parameters())
