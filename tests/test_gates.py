@@ -310,7 +310,7 @@ def test_an_ungated_unit_still_gets_se():
 # ---- timm's and torchvision's gates are cases of the rule (class names no longer needed)
 
 @pytest.mark.parametrize("name", ["seresnet18", "ecaresnet26t", "efficientnet_b0", "mobilenetv3_small_100",
-                                  "skresnet18", "resnest14d", "regnety_002", "cs3sedarknet_l"])
+                                  "skresnet18", "resnest14d", "regnety_002"])
 def test_timm_gates_are_found_by_what_they_compute(timm_model, name, no_class_names, monkeypatch):
     """The same plan without class names as with them. (Conv sites may differ, which plans use only in
     nets without residual sites: ResNeSt's split attention convolves before it gates, so structurally
