@@ -74,7 +74,7 @@ def test_torchvision_lists(bench):
     assert "resnet50" in names and "maskrcnn_resnet50_fpn" in names and "r3d_18" in names
     assert not any(n.startswith("quantized_") or n.startswith("raft") for n in names)   # not swept, said so
     assert tv.family("deeplabv3_resnet50") == "segmentation.deeplabv3"
-    assert set(zoo_sources.TASKS) == cats
+    assert set(zoo_sources.TASKS) == cats | {"backbone"}   # backbone: transformers' AutoBackbone types (hf)
 
 
 def test_image_sizes_end_at_inception_side(bench):
@@ -159,3 +159,18 @@ def test_rewritten_onnx_counts_the_rewrites_failures_only(bench, tmp_path):
     assert "original exports + ORT parity 2/3 (66.7%); of those, rewritten exports + parity 1/2 (50.0%)" in text
     tried, good, own = zoo_report.rewritten_onnx(rows)
     assert [r["name"] for r in good] == ["resnet18", "resnet34"] and [r["name"] for r in own] == ["levit_128"]
+
+
+def test_transformers_report(bench, tmp_path):
+    """The hf source's report: its library's version, how its models are built, its two categories."""
+    pytest.importorskip("transformers", reason="the hf extra: pip install 'se-inject[hf]'")
+    zoo_report, _ = bench
+    results = tmp_path / "hf_zoo.jsonl"
+    rows = [ok("resnet", "classification", "resnet", se_export_ok=True), ok("vitdet", "backbone", "vitdet", se=24),
+            {**ok("regnet", "classification", "regnet", se=0), "se_applied": 0, "skipped": {"already gated": 22}}]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = zoo_report.report(results, tmp_path / "hf_zoo.md", ["--source", "hf"], "hf")
+    assert text.startswith("# se-inject over Hugging Face transformers' vision models\n\n- transformers ")
+    assert "`AutoConfig.for_model`" in text and "family = the transformers module of the model type" in text
+    assert "| backbone | 1 | 0 | 1 | 24 |" in text and "| regnet | classification | ok | 0 | 22 |" in text
+    assert zoo_report.main([str(results)]) == 0   # the source read from the file name
