@@ -189,7 +189,8 @@ class GraphReader:
     def _pooled_dims(x: tuple[int, ...], f: tuple[int, ...], upsampled: bool) -> tuple[int, ...] | None:
         """The dims of ``x`` the factor ``f`` (as broadcast to ``x``'s rank) spreads over (test 1),
         None if ``f`` is not per channel: those dims must be the last ones (channels first) or the first
-        after the batch (channels last), all of a map's spatial dims (two at least for a 2-D or 3-D map)."""
+        after the batch (channels last), all of a map's spatial dims (two at least for a 2-D or 3-D map);
+        an upsampled factor may keep regions of 4 or more positions a side (gather-excite)."""
         r = len(x)
         if f[0] not in (1, x[0]):
             return None
@@ -197,7 +198,9 @@ class GraphReader:
         for d in range(1, r):
             if f[d] == x[d] and x[d] > 1:
                 kept.append(d)
-            elif f[d] == 1 or (upsampled and f[d] < x[d]):
+            elif f[d] == 1 or (upsampled and 4 * f[d] <= x[d]):
+                # regions of 4 or more a side, upsampled back: gather-excite; a finer map (GhostNetV2's
+                # DFC attention at half size) is spatial attention
                 pooled.append(d)
             else:
                 return None

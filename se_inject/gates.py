@@ -4,8 +4,8 @@ A product node of a traced graph *gates channels* when it multiplies a map ``x``
 
 1. is per channel: spread over all of ``x``'s positions (``(N, C, 1, 1)`` on ``(N, C, H, W)``,
    ``(N, 1, 1, C)`` channels-last, ``(N, C, 1)`` on a 1-D map, ``(N, 1, C)`` on tokens,
-   ``(N, k, C, 1, 1)`` on the k paths of a selective kernel), or over regions of them and upsampled
-   back to ``x``'s size (gather-excite);
+   ``(N, k, C, 1, 1)`` on the k paths of a selective kernel), or over regions of 4x4 positions or
+   more, upsampled back to ``x``'s size (gather-excite);
 2. comes out of a gate: a sigmoid (paper Eq. 3), hard-sigmoid, tanh, softmax (over channels or
    paths), ReLU6 or hard-tanh, or an affine of one with constants (``1 + tanh(z)``, ``relu6(z + 3) / 6``);
 3. is computed from a pooling of ``x``, or of the branch ``x`` is computed from, that leaves no more

@@ -107,8 +107,8 @@ class GraphFacts:
         """A branch fed by an input of its own (the fork is in the caller) is gated in the caller."""
         own = {r for r in region if r.op == "placeholder"}
         shared = {a for t in shortcut for a in nx.ancestors(self.dag, t) | {t} if isinstance(a, fx.Node) and a.op == "placeholder"}
-        if not own - shared:
-            return False
+        if not own or own & shared:
+            return False  # the branch starts from the shortcut's input here (another input is a side one: GC ViT's global query)
         return self.gates.gated_upstream(self.mg, [p.target for p in own - shared], [p.target for p in shared])
 
     def in_gate(self, n: fx.Node) -> bool:

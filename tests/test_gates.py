@@ -403,3 +403,43 @@ def test_units_that_carry_their_input_are_gated_by_the_gates_in_or_after_them(ti
     assert not any(p.site.kind == "conv" for p in plan.placements)
     if name != "rdnet_base":  # RDNet's first stages hold plain blocks: those get SE
         assert not plan.placements
+
+
+class HalfSizeAttention(nn.Module):
+    """GhostNetV2's DFC attention: a gate map at half the size, upsampled: spatial attention, no channel gate."""
+
+    def __init__(self, c: int = C) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+
+    def forward(self, x):
+        return x * F.interpolate(torch.sigmoid(self.conv(F.avg_pool2d(x, 2, 2))), size=x.shape[-2:])
+
+
+def test_a_half_size_attention_map_is_no_channel_gate(no_class_names):
+    assert residual_status(Residual(HalfSizeAttention())) is Code.OK
+
+
+class SideInput(nn.Module):
+    """A block given a side input besides its map (GC ViT's global query): its branch starts here."""
+
+    def __init__(self, c: int = C) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x, context):
+        return x + self.conv(x + context)
+
+
+class WithContext(nn.Module):
+    def __init__(self, c: int = C) -> None:
+        super().__init__()
+        self.context_conv, self.context_gate, self.block = nn.Conv2d(c, c, 1), ParameterFree(), SideInput(c)
+
+    def forward(self, x):
+        return self.block(x, self.context_gate(self.context_conv(x)))
+
+
+def test_a_gate_on_a_side_input_does_not_gate_the_branch(no_class_names):
+    sites = [s for s in find_sites(trace_model(WithContext(), (C, 16, 16))) if s.kind == "residual"]
+    assert [(s.path, s.status) for s in sites] == [("block", Code.OK)]
