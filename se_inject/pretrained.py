@@ -26,12 +26,9 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
-import time
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,40 +37,19 @@ from torch import nn
 
 from .block import SqueezeExcite
 from .errors import PretrainedError, SEInjectError, first_line
-from .files import current_umask, write_atomically
+from .files import write_atomically, write_folder_atomically
 from .planner import check_model
-from .record import Application, Origin, adopt_origin, applications, check_recorded, origin_of
-from .schema import from_dict, to_dict
+from .pretrained_config import (CONFIG_NAME, FORMAT_VERSION, LIBRARY, WEIGHTS_NAME, PretrainedConfig, is_saved_folder,
+                                read_config)
+from .record import Origin, adopt_origin, applications, check_recorded, origin_of
+from .replay import replay
 
-__all__ = ["save_pretrained", "load_pretrained", "write_config", "read_config", "PretrainedConfig", "BaseNotRecorded",
-           "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION"]
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-LIBRARY = "se-inject"
-#: major.minor: a reader takes any minor of its major (a newer minor only adds keys, which it ignores)
-FORMAT_VERSION = "1.0"
-#: what a folder written by save_pretrained may hold besides: it may be replaced by the next save
-_OURS = {CONFIG_NAME, WEIGHTS_NAME, "README.md", ".gitattributes"}
+__all__ = ["save_pretrained", "load_pretrained", "write_config", "BaseNotRecorded"]
 
 
 class BaseNotRecorded(UserWarning):
     """``save_pretrained`` saved a model whose base se-inject cannot build by name (a user's own class):
     ``load_pretrained`` will need it as ``base_model=``."""
-
-
-@dataclass(frozen=True)
-class PretrainedConfig:
-    """What ``config.json`` holds."""
-    _what = "config"
-    library: str
-    format_version: str
-    se_inject_version: str
-    base: Origin
-    applications: tuple[Application, ...] = ()
-
-    def to_json(self) -> str:
-        return json.dumps(to_dict(self), indent=2) + "\n"
 
 
 # -- save -----------------------------------------------------------------------------------------
@@ -109,17 +85,32 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, base: str
             recorded does not build this model, an argument is not JSON, or the folder cannot be written.
     """
     check_model(model, "se_inject.save_pretrained")
+    target = Path(directory)
+    _check_target(target)
     config = _make_config(model, base, base_kwargs, "se_inject.save_pretrained")
     state = _state_for_file(model)
-    target = Path(directory)
 
     def write(folder: Path) -> None:
         from safetensors.torch import save_file
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         (folder / CONFIG_NAME).write_text(config.to_json())
 
-    _publish_folder(target, write)
+    try:
+        write_folder_atomically(target, write)
+    except OSError as e:
+        raise PretrainedError(f"{target} not written ({e.strerror or first_line(e)}); nothing changed there") from None
     return target
+
+
+def _check_target(target: Path) -> None:
+    """``target`` is free, an empty folder, or an earlier save (replaced); anything else is the user's."""
+    if target.is_dir() and any(target.iterdir()) and not is_saved_folder(target):
+        names = sorted(p.name for p in target.iterdir())
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise PretrainedError(f"{target} exists and is not a folder save_pretrained wrote ({shown}): choose another "
+                              "path or remove it")
+    if target.exists() and not target.is_dir():
+        raise PretrainedError(f"{target} is a file; save_pretrained writes a folder: choose another path")
 
 
 def write_config(model: nn.Module, directory: str | os.PathLike, *, base: str | None = None,
@@ -132,7 +123,8 @@ def write_config(model: nn.Module, directory: str | os.PathLike, *, base: str | 
     return path
 
 
-def _make_config(model: nn.Module, base: str | None, base_kwargs: Mapping[str, Any] | None, caller: str) -> PretrainedConfig:
+def _make_config(model: nn.Module, base: str | None, base_kwargs: Mapping[str, Any] | None,
+                 caller: str) -> PretrainedConfig:
     from . import __version__
     apps = check_recorded(model, caller)
     origin = _origin(model, base, base_kwargs, caller)
@@ -235,61 +227,13 @@ def _state_for_file(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict on the CPU, contiguous, with tensors held under two names copied (safetensors
     refuses shared memory; loading copies the same values into both)."""
     out: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, int]] = set()
+    seen: set[int] = set()
     for k, v in model.state_dict().items():
         t = v.detach().to("cpu").contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset())
-        out[k] = t.clone() if key in seen else t
-        seen.add(key)
+        storage = t.untyped_storage().data_ptr()
+        out[k] = t.clone() if storage in seen else t
+        seen.add(storage)
     return out
-
-
-def _publish_folder(target: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a new folder beside ``target``, then rename it to ``target``: it appears whole
-    or not at all; an earlier save there is replaced only once the new one is complete."""
-    if target.exists():
-        if not target.is_dir():
-            raise PretrainedError(f"{target} is a file; save_pretrained writes a folder: choose another path")
-        names = {p.name for p in target.iterdir()}
-        if names and not (CONFIG_NAME in names and names <= _OURS and _is_ours(target / CONFIG_NAME)):
-            raise PretrainedError(f"{target} exists and is not a folder save_pretrained wrote "
-                                  f"({', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}): "
-                                  "choose another path or remove it")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as e:
-        raise PretrainedError(f"{target} not written ({e.strerror or first_line(e)})") from None
-    try:
-        write(tmp)
-        mask = current_umask()
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.old")
-            os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.rename(old, target)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise PretrainedError(f"{target} not written ({e.strerror or first_line(e)}); nothing changed there") from None
-        raise
-
-
-def _is_ours(config: Path) -> bool:
-    try:
-        return json.loads(config.read_text()).get("library") == LIBRARY
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -310,14 +254,8 @@ def load_pretrained(directory: str | os.PathLike, *, base_model: nn.Module | Non
         >>> saved = se_inject.apply(timm.create_model("resnet18"), r=8, input_size=(3, 64, 64))
         >>> folder = se_inject.save_pretrained(saved, tempfile.mkdtemp() + "/m")
         >>> model = se_inject.load_pretrained(folder)
-        >>> model.layer1[0].se, model.training
-        (SqueezeExcite(
-          label=SE_2_1, channels=64, reduced=8, layout=nchw, squeeze=avg, gate=sigmoid, init=default, post_act=relu
-          (fc1): Conv2d(64, 8, kernel_size=(1, 1), stride=(1, 1))
-          (act): ReLU(inplace=True)
-          (fc2): Conv2d(8, 64, kernel_size=(1, 1), stride=(1, 1))
-          (gate): Sigmoid()
-        ), False)
+        >>> model.layer1[0].se.reduced, model.training
+        (8, False)
         >>> se_inject.load_pretrained(folder.parent)
         Traceback (most recent call last):
         ...
@@ -343,7 +281,6 @@ def load_pretrained(directory: str | os.PathLike, *, base_model: nn.Module | Non
             model = base_model if base_model is not None else _base_by_name(config.base, folder / CONFIG_NAME)
             if origin_of(model) is None:  # saving it again records the same base
                 adopt_origin(model, config.base)
-            from .replay import replay
             for app in config.applications:
                 replay(model, app)
     except PretrainedError as e:
@@ -353,59 +290,6 @@ def load_pretrained(directory: str | os.PathLike, *, base_model: nn.Module | Non
     _load_state(model, state, folder / weights)
     model.eval()
     return model.to(map_location) if map_location is not None else model
-
-
-def read_config(folder: str | os.PathLike) -> PretrainedConfig | None:
-    """``folder``'s ``config.json``, checked; None for a trainer run without one (it has ``run.yaml``)."""
-    folder = Path(folder)
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        if (folder / "run.yaml").is_file():
-            return None
-        raise PretrainedError(f"{folder} has no {CONFIG_NAME}: load_pretrained takes a folder se_inject.save_pretrained "
-                              "wrote (or a finished trainer run)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise PretrainedError(f"{path}: not readable JSON ({first_line(e, with_type=False)})") from None
-    if not isinstance(data, dict) or data.get("library") != LIBRARY:
-        if isinstance(data, dict) and "architecture" in data:
-            raise PretrainedError(f"{path} is a timm model config (architecture {data['architecture']!r}), not an "
-                                  f"se-inject one: load it with timm.create_model('local-dir:{folder}')")
-        raise PretrainedError(f"{path} is not an se-inject config (no \"library\": \"{LIBRARY}\")")
-    version = str(data.get("format_version", ""))
-    major, _, minor = version.partition(".")
-    ours_major, _, ours_minor = FORMAT_VERSION.partition(".")
-    if not (major.isdigit() and minor.isdigit()):
-        raise PretrainedError(f"{path}: format_version {version!r} is not MAJOR.MINOR")
-    if int(major) > int(ours_major):
-        from . import __version__
-        raise PretrainedError(f"{path}: format {version} was written by se-inject {data.get('se_inject_version', '?')}, "
-                              f"this se-inject ({__version__}) reads format {ours_major}.x: upgrade se-inject")
-    if (int(major), int(minor)) > (int(ours_major), int(ours_minor)):
-        data = _known_keys(PretrainedConfig, data)  # a newer minor only adds keys
-    return from_dict(PretrainedConfig, data, source=str(path), error=PretrainedError)
-
-
-def _known_keys(cls: type, data: Any) -> Any:
-    """``data`` with only the keys the dataclass ``cls`` (and those nested in it) declares."""
-    import dataclasses
-    import typing
-    if not isinstance(data, Mapping):
-        return data
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            tp = hints[f.name]
-            inner = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple and typing.get_args(tp) else tp
-            if dataclasses.is_dataclass(inner) and isinstance(data[f.name], list):
-                out[f.name] = [_known_keys(inner, v) for v in data[f.name]]
-            elif dataclasses.is_dataclass(tp):
-                out[f.name] = _known_keys(tp, data[f.name])
-            else:
-                out[f.name] = data[f.name]
-    return out
 
 
 def _check_base_model(base_model: Any) -> nn.Module:

@@ -31,8 +31,8 @@ from .schema import Number
 if TYPE_CHECKING:
     from .planner import Plan
 
-__all__ = ["Origin", "BlockRecord", "Application", "set_origin", "adopt_origin", "origin_of", "record_application", "applications", "add_application",
-           "block_fields", "node_target", "check_recorded", "STRUCTURE"]
+__all__ = ["Origin", "BlockRecord", "Application", "set_origin", "adopt_origin", "origin_of", "record_application",
+           "applications", "add_application", "block_fields", "node_target", "check_recorded", "STRUCTURE"]
 
 _ORIGIN = "_se_inject_origin"
 _APPLIED = "_se_inject_applied"
@@ -47,7 +47,7 @@ class Origin:
     _what = "base"
     source: str | None
     name: str | None
-    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments (``pretrained`` never: weights come from the file)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments, never ``pretrained``
     model_class: str = ""                                  # module.qualname of the model's class, for people and messages
 
     @property

@@ -86,7 +86,8 @@ def _placement(traced: TracedModel, b: BlockRecord) -> Placement:
     where = f"recorded SE block {b.module_path}"
     mg = traced.graphs.get(b.owner)
     if mg is None or not mg.ok:
-        why = "is not a module with learned children in the rebuilt model" if mg is None else f"cannot be traced ({mg.error})"
+        why = ("is not a module with learned children in the rebuilt model" if mg is None
+               else f"cannot be traced ({mg.error})")
         raise PretrainedError(f"{where}: its owner {b.owner or '<model>'} {why}: the base model is not the one saved")
     owner = type(mg.module).__name__
     nodes = {n.name: (i, n) for i, n in enumerate(mg.graph.nodes)}
@@ -98,7 +99,8 @@ def _placement(traced: TracedModel, b: BlockRecord) -> Placement:
         raise PretrainedError(f"{where}: node {b.node!r} of {b.owner} ({owner}) is {x.op} {node_target(x)}, the record "
                               f"says {b.node_op} {b.node_target}: the base model is not the one saved")
     if b.fuse is not None and b.fuse not in nodes:
-        raise PretrainedError(f"{where}: {b.owner} ({owner}) has no residual add {b.fuse!r}: the base model is not the one saved")
+        raise PretrainedError(f"{where}: {b.owner} ({owner}) has no residual add {b.fuse!r}: the base model is not the "
+                              "one saved")
     shape = x.meta.get("shape")
     channels, spatial = _channels(shape, b.layout) if isinstance(shape, tuple) and len(shape) >= 3 else (None, ())
     if channels != b.channels or len(spatial) != b.spatial_dims:

@@ -68,6 +68,12 @@ def test_two_applications_and_a_second_save_round_trip(tmp_path):
     assert (again / "config.json").read_text() == (tmp_path / "saved" / "config.json").read_text()
 
 
+def test_a_plain_backbone_round_trips(tmp_path):
+    model = create_backbone("cifar_resnet8", num_classes=10)
+    loaded = _round_trip(model, tmp_path, (3, 32, 32))
+    assert _blocks(loaded) == [] and json.loads((tmp_path / "saved" / "config.json").read_text())["applications"] == []
+
+
 def test_a_half_precision_model_comes_back_in_its_dtype(tmp_path):
     model = se_inject.apply(create_backbone("cifar_resnet8", num_classes=10), input_size=(3, 32, 32)).to(torch.bfloat16)
     folder = se_inject.save_pretrained(model, tmp_path / "bf16")
