@@ -112,7 +112,8 @@ def main() -> int:
         print(rows[-1], flush=True)
     text = (f"# save_pretrained -> load_pretrained round trips\n\n"
             f"`python benchmarks/pretrained_roundtrip.py` (torch {torch.__version__}, 1 thread, "
-            f"{time.strftime('%Y-%m-%d')}). Each model: apply, save, load by name, compare eval-mode outputs on one "
+            f"{time.strftime('%Y-%m-%d')}). Each model: apply, save, load (by name; with `base_model=` where the table "
+            "says so), compare eval-mode outputs on one "
             "input with `torch.equal` (a detector: its backbone's feature maps). Times are wall-clock on a shared "
             "machine, for scale only.\n\n" + "\n".join(rows) + "\n")
     if not args.only:

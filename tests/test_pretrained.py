@@ -104,6 +104,7 @@ def test_planner_changes_cannot_change_a_loaded_net(tmp_path, monkeypatch):
     assert _blocks(loaded) == _blocks(model) and torch.equal(loaded(x), model.eval()(x))
 
 
+@pytest.mark.slow
 def test_trainer_run_loads_as_trained(tmp_path):
     """A tiny real Fashion-MNIST run of an SE net: its run directory loads into the trained model."""
     from trainers import load_config, train
