@@ -14,17 +14,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import CompressError, ExportError, KernelError, PolicyError, SEInjectError, TraceError
+from .errors import CompressError, ExportError, KernelError, PolicyError, PretrainedError, SEInjectError, TraceError
 
 #: public name -> the module that defines it
 _LAZY = {"apply": "api", "plan": "api", "Plan": "planner", "Policy": "policy", "load_policy": "policy",
          "list_presets": "policy", "SqueezeExcite": "block", "export_onnx": "export", "ExportReport": "export",
          "se_nodes": "export", "excitation_stats": "compress.stats", "ExcitationStats": "compress.stats",
-         "prune": "compress.pruning", "fold": "compress.folding", "fold_plan": "compress.folding"}
+         "prune": "compress.pruning", "fold": "compress.folding", "fold_plan": "compress.folding",
+         "save_pretrained": "pretrained", "load_pretrained": "pretrained"}
 
 __all__ = ["apply", "plan", "Plan", "Policy", "load_policy", "list_presets", "SqueezeExcite",
            "export_onnx", "ExportReport", "se_nodes", "excitation_stats", "ExcitationStats", "prune", "fold", "fold_plan",
-           "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError"]
+           "save_pretrained", "load_pretrained",
+           "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "PretrainedError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from .export import ExportReport, export_onnx, se_nodes
     from .planner import Plan
     from .policy import Policy, list_presets, load_policy
+    from .pretrained import load_pretrained, save_pretrained
 
 
 def __getattr__(name: str) -> Any:

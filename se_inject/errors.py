@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "did_you_mean",
-           "first_line"]
+__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "PretrainedError",
+           "did_you_mean", "first_line"]
 
 
 class SEInjectError(Exception):
@@ -37,6 +37,12 @@ class KernelError(SEInjectError, ValueError):
 class CompressError(SEInjectError, ValueError):
     """Pruning or folding (:mod:`se_inject.compress`) was given an argument, a model, statistics or
     calibration data it cannot use."""
+
+
+class PretrainedError(SEInjectError, ValueError):
+    """:func:`se_inject.save_pretrained` cannot record a model so that it can be rebuilt, or
+    :func:`se_inject.load_pretrained` cannot rebuild one from a folder (no config, a newer format,
+    weights that do not fit the recorded net, a base model it cannot build by name)."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

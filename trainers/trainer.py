@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,7 @@ class _Run(Checkpointing):
         if error is not None:
             raise CheckpointWriteError(error)
         if d.is_main:
+            self._write_model_config()
             if self.metrics is not None:
                 self.metrics.close()
             print(summary_table(self.history), flush=True)
@@ -296,6 +298,20 @@ class _Run(Checkpointing):
         return RunResult(self.out, self.history, self.progress.num_updates,
                          self.resume_from.path if self.resume_from else None, self.module,
                          self.ema.module if self.ema is not None else None)
+
+    def _write_model_config(self) -> None:
+        """``config.json`` beside ``model.safetensors``: se_inject.load_pretrained(out_dir) rebuilds the net from it.
+        The weights are written already; a config that cannot be is a warning, not a failed run."""
+        from se_inject.errors import SEInjectError
+        from se_inject.pretrained import write_config
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a base without a name: load_pretrained says what to pass
+                write_config(self.module, self.out)
+        except (SEInjectError, OSError) as e:
+            (self.out / "config.json").unlink(missing_ok=True)  # an earlier run's would describe another net
+            warn(self.d, f"{self.out / 'config.json'} not written ({e}); se_inject.load_pretrained rebuilds the model "
+                         "from run.yaml instead")
 
 
 def _epoch_line(r: dict[str, Any]) -> str:
