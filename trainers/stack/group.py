@@ -291,7 +291,7 @@ class _Group:
                         g["lr"] = lr
                 seen[key] = row
             rows.append(seen[key])
-        return torch.tensor(rows, dtype=torch.float32)
+        return torch.tensor(rows, dtype=torch.float64)
 
     def _begin_epoch(self) -> None:
         c = self.clock

@@ -53,9 +53,9 @@ from .sgd import StackedSGD, per_run_clip_
 
 __all__ = ["StackedStep", "torch_formulation_"]
 
-# autograd accumulates each stacked parameter's gradient into its view of the flat gradient; both are strided
-# alike, but not as the layout contract's dense tensors, and torch says so once per process
-warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+#: autograd accumulates each stacked parameter's gradient into its view of the flat gradient, strided alike but
+#: not dense (the layout contract wants dense or contiguous), and torch warns about it once per process
+_LAYOUT_WARNING = "grad and param do not obey the gradient layout contract"
 
 
 def torch_formulation_(model: nn.Module) -> int:
@@ -106,7 +106,7 @@ class StackedStep:
     def _allocate(self, k: int) -> None:
         dev = self.device
         self.step_index = torch.zeros((), dtype=torch.long, device=dev)  # the batch index in the epoch
-        self.lr = torch.zeros(k, self.num_batches, dtype=torch.float32, device=dev)
+        self.lr = torch.zeros(k, self.num_batches, dtype=torch.float64, device=dev)  # cast to the parameters' dtype in the update
         self.loss_sum = torch.zeros(k, dtype=torch.float64, device=dev)
         self.samples = torch.zeros(k, dtype=torch.long, device=dev)
         self.skipped = torch.zeros(k, dtype=torch.long, device=dev)
@@ -196,7 +196,9 @@ class StackedStep:
         st.grad.zero_()
         with self._autocast():
             losses = self._loss(self._forward(st.params, st.buffers, x), y)
-        losses.sum().backward()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_LAYOUT_WARNING)
+            losses.sum().backward()
         with torch.no_grad():
             loss_ok = losses.isfinite()
             # the max-abs norm of each run's gradients: NaN/inf propagate, and it cannot overflow
