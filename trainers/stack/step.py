@@ -149,7 +149,16 @@ class StackedStep:
             self.static[0].copy_(x)
             self.static[1].copy_(y)
         if self.graph is None:
-            self.capture()
+            try:
+                self.capture()
+            except RuntimeError as e:  # an op that cannot be captured: go on eagerly (the state is untouched)
+                from se_inject.errors import first_line
+                warnings.warn(f"run.cuda_graphs: the stacked step could not be captured ({first_line(e)}); "
+                              "training goes on with eager steps", RuntimeWarning, stacklevel=2)
+                self.cuda_graphs, self.static = False, None
+                torch.cuda.synchronize()
+                self._step(x, y)
+                return
         self.graph.replay()
 
     def capture(self) -> None:
