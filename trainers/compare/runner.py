@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from se_inject.errors import SEInjectError
 from se_inject.files import write_atomically
 
 from .slots import SlotPlan, Slots, plan_slots, visible_gpus
@@ -128,10 +129,17 @@ def launch_units(spec: CompareSpec, runs: list[Run], gpu: bool) -> tuple[list[Un
         return [Unit((r,)) for r in runs], f"no stacking{why}"
     groups: dict[str, list[Run]] = {}
     singles: list[Run] = []
+    why = ""
     for r in runs:
-        cfg = load_config(spec.config, [*spec.overrides, *r.overrides()])
-        if stack_blockers(cfg):
+        try:
+            cfg = load_config(spec.config, [*spec.overrides, *r.overrides()])
+        except SEInjectError:  # it fails alone, with its own error in its folder
             singles.append(r)
+            continue
+        blockers = stack_blockers(cfg)
+        if blockers:
+            singles.append(r)
+            why = why or f": {blockers[0]}"
             continue
         groups.setdefault(f"{group_key(cfg)}|{_checkpoint_step(r.out_dir)}", []).append(r)
     units = [Unit(tuple(chunk)) for members in groups.values()
@@ -141,7 +149,7 @@ def launch_units(spec: CompareSpec, runs: list[Run], gpu: bool) -> tuple[list[Un
     sizes = sorted({len(u.runs) for u in stacked})
     note = (f"{len(stacked)} stacked group(s) of {'/'.join(map(str, sizes))} runs" if stacked else "no runs to stack")
     if singles:
-        note += f"; {len(singles)} run(s) cannot stack ({stack_blockers(load_config(spec.config, [*spec.overrides, *singles[0].overrides()]))[0]})"
+        note += f"; {len(singles)} run(s) train alone{why}"
     return units, note
 
 
