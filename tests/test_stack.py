@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from trainers import load_config, train
-from trainers.errors import ConfigError
+from trainers.errors import ConfigError, Preempted
 from trainers.stack import train_group
 from trainers.stack.flat import FlatStack
 from trainers.stack.sgd import StackedSGD
@@ -168,18 +168,31 @@ def uninterrupted(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("behind", [False, True], ids=["aligned", "one-run-a-checkpoint-behind"])
+def _signal(_step):
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGUSR1)  # as a scheduler's preemption notice: this step is finished, then the stop
+
+
+@pytest.mark.parametrize("behind", [False, True, "preempted"], ids=["aligned", "one-run-a-checkpoint-behind", "preempted"])
 def test_a_killed_group_resumes_bit_identical(tmp_path, monkeypatch, uninterrupted, behind):
     extra = RESUMED
     (tmp_path / "full").symlink_to(uninterrupted / "full")
-    _fail_at(monkeypatch, 6, _crash)  # during epoch 1, after the checkpoint of step 4 (epoch 0's end)
-    with pytest.raises(RuntimeError, match="went away"):
-        train_group(_cfgs(tmp_path / "killed", extra, seeds=(0, 1)))
+    if behind == "preempted":  # every run checkpoints at step 6, then the group stops
+        _fail_at(monkeypatch, 6, _signal)
+        with pytest.raises(Preempted, match=r"^stopped by SIGUSR1 after step 6 \(epoch 1, batch 2\); 2 of 2 runs "):
+            train_group(_cfgs(tmp_path / "killed", extra, seeds=(0, 1)))
+        assert {_newest(tmp_path / "killed" / f"seed{s}").name for s in (0, 1)} == {"step-00000006"}
+        behind = False
+    else:
+        _fail_at(monkeypatch, 6, _crash)  # during epoch 1, after the checkpoint of step 4 (epoch 0's end)
+        with pytest.raises(RuntimeError, match="went away"):
+            train_group(_cfgs(tmp_path / "killed", extra, seeds=(0, 1)))
     monkeypatch.undo()
     if behind:  # killed between the runs' writes of step 4: run 1 has step 3 only as its newest
         import shutil
         shutil.rmtree(tmp_path / "killed" / "seed1" / "checkpoints" / "step-00000004")
-    assert _newest(tmp_path / "killed" / "seed0").name == "step-00000004"
+    assert _newest(tmp_path / "killed" / "seed0").name in ("step-00000004", "step-00000006")
     outcomes = train_group(_cfgs(tmp_path / "killed", [*extra, "checkpoint.resume=auto"], seeds=(0, 1)))
     assert [o.state for o in outcomes] == ["done", "done"]
     for s in (0, 1):

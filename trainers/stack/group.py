@@ -341,8 +341,9 @@ class _Group:
         if self.members and self.members[0].scheduler is not None and self.members[0].cfg.sched.per_step:
             for m in self.members:
                 m.scheduler.step_update(num_updates=c.num_updates)
-        alive, died_at, dl, dg, samples, skipped = (t.tolist() for t in (
-            st.alive, st.died_at, st.died_loss, st.died_grad, st.samples, st.skipped))
+        state = torch.stack([st.alive.long(), st.died_at, st.died_loss.long(), st.died_grad.long(), st.samples,
+                             st.skipped]).tolist()  # one read of the device
+        alive, died_at, dl, dg, samples, skipped = state
         b0, u0 = self._epoch_start
         keep = []
         for i, m in enumerate(self.members):
