@@ -98,6 +98,29 @@ def test_the_stacked_step_is_each_runs_own_sgd_step(nesterov, clip):
                                        rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_the_warm_up_before_a_graph_capture_leaves_no_trace():
+    """What a capture runs first is undone: the captured step then starts from the state the eager one would."""
+    def make():
+        nets = []
+        for s in range(2):
+            torch.manual_seed(s)
+            nets.append(_net())
+        stack = FlatStack(nets)
+        sgd = StackedSGD.from_optimizers(stack, [torch.optim.SGD(_groups(n), lr=0.1, momentum=0.9) for n in nets])
+        step = StackedStep(stack, sgd, nn.CrossEntropyLoss(), torch.device("cpu"), num_batches=2)
+        step.begin_epoch(0, torch.full((2, 2), 0.1, dtype=torch.float64))
+        return step
+    torch.manual_seed(5)
+    x, y = torch.randn(2, 5, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (2, 5))
+    warmed, plain = make(), make()
+    warmed.static = (x, y)  # what a capture reads (no device batches here)
+    warmed.warm_up(3)
+    for a, b in zip([*warmed.stack.state(), *warmed._counters()], [*plain.stack.state(), *plain._counters()]):
+        assert torch.equal(a, b)
+    warmed.run(x, y), plain.run(x, y)
+    assert torch.equal(warmed.stack.flat, plain.stack.flat) and torch.equal(warmed.stack.bflat, plain.stack.bflat)
+
+
 def test_the_se_blocks_of_the_stack_run_their_pytorch_formulation():
     import se_inject
     from backbones import create_backbone

@@ -28,11 +28,12 @@ Stops:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,7 +42,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
-from ..config import TrainConfig, dump_config
+from ..config import TrainConfig
 from ..data import load_datasets
 from ..data.on_device import DeviceTrainLoader
 from ..distributed import DistInfo, setup_distributed, teardown_distributed
@@ -132,6 +133,14 @@ class _Member(_Run):
         # the run's own RNG state (what it would hold alone): the group never draws from the process RNG
         return super()._save(progress, rng if rng is not None else self.rng, last)
 
+    def _finish(self) -> RunResult:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):  # the summary table and best epoch, tagged as this run's other lines
+            result = super()._finish()
+        for line in out.getvalue().splitlines():
+            log(self.d, line)
+        return result
+
     def lr(self) -> float:
         """The learning rate of this run's optimizer (one for all its groups: timm's schedulers set them alike)."""
         values = {float(g["lr"]) for g in self.sgd.param_groups}
@@ -152,7 +161,8 @@ class _Group:
                               "not torchrun")
         self.d, self.signals = d, signals
         base = {f.name: getattr(d, f.name) for f in fields(DistInfo)}
-        self.members = [_Member(c, MemberDist(**base, tag=t), signals) for c, t in zip(cfgs, run_tags([c.run.out_dir for c in cfgs]))]
+        tags = run_tags([c.run.out_dir for c in cfgs])
+        self.members = [_Member(c, MemberDist(**base, tag=t), signals) for c, t in zip(cfgs, tags)]
         self.all = list(self.members)  # the runs that still train are self.members
         self.outcomes: dict[Path, MemberOutcome] = {}
         self.host: HostBatches | None = None
@@ -166,6 +176,10 @@ class _Group:
         outs = [m.out.resolve() for m in self.members]
         if len(set(outs)) != len(outs):
             raise ConfigError("two runs of the group share one run.out_dir; give each its own")
+        named = [m.cfg.checkpoint.resume for m in self.members if m.cfg.checkpoint.resume not in (None, "auto")]
+        if len(self.members) > 1 and len(set(named)) < len(named):
+            raise ConfigError(f"checkpoint.resume = {named[0]} for several runs of the group: a checkpoint is one run's; "
+                              "resume each from its own (--member checkpoint.resume=PATH), or use --resume auto")
         for m in self.members[1:]:
             diff = config_differences(first, m.cfg)
             if diff:
@@ -280,7 +294,8 @@ class _Group:
         rows, seen = [], {}
         for m in self.members:
             now = [g["lr"] for g in m.sgd.param_groups]
-            key = (json.dumps(m.scheduler.state_dict(), sort_keys=True, default=str), tuple(now))
+            sched = m.scheduler.state_dict() if m.scheduler is not None else None
+            key = (json.dumps(sched, sort_keys=True, default=str), tuple(now))
             if key not in seen:
                 row = [m.lr()] * width
                 if m.scheduler is not None and m.cfg.sched.per_step:

@@ -106,12 +106,13 @@ class StackedStep:
     def _allocate(self, k: int) -> None:
         dev = self.device
         self.step_index = torch.zeros((), dtype=torch.long, device=dev)  # the batch index in the epoch
-        self.lr = torch.zeros(k, self.num_batches, dtype=torch.float64, device=dev)  # cast to the parameters' dtype in the update
+        # float64, cast to the parameters' dtype in the update (as torch.optim.SGD's Python float lr is)
+        self.lr = torch.zeros(k, self.num_batches, dtype=torch.float64, device=dev)
         self.loss_sum = torch.zeros(k, dtype=torch.float64, device=dev)
         self.samples = torch.zeros(k, dtype=torch.long, device=dev)
         self.skipped = torch.zeros(k, dtype=torch.long, device=dev)
         self.alive = torch.ones(k, dtype=torch.bool, device=dev)
-        self.died_at = torch.full((k,), -1, dtype=torch.long, device=dev)   # the batch index of the step that stopped it
+        self.died_at = torch.full((k,), -1, dtype=torch.long, device=dev)  # the batch index of the step it stopped at
         self.died_loss = torch.zeros(k, dtype=torch.bool, device=dev)
         self.died_grad = torch.zeros(k, dtype=torch.bool, device=dev)
 
@@ -163,21 +164,31 @@ class StackedStep:
 
     def capture(self) -> None:
         """Capture :meth:`_step` in one CUDA graph. Its warm-up steps run on a side stream and are then undone
-        (every tensor a step writes is put back), so the captured run trains exactly as the eager one."""
-        saved = [t.clone() for t in [*self.stack.state(), *self._counters()]]
+        (:meth:`warm_up`), so the captured run trains exactly as the eager one."""
         args = self.static if self.batches is None else (None, None)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self._step(*args)
-        torch.cuda.current_stream().wait_stream(side)
-        for t, s in zip([*self.stack.state(), *self._counters()], saved):
-            t.copy_(s)
+        self.warm_up(3, side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._step(*args)
         self.graph = graph
+
+    def warm_up(self, steps: int, stream: "torch.cuda.Stream | None" = None) -> None:
+        """Run ``steps`` steps (on ``stream``), then put back every tensor a step writes: what a capture needs
+        first (cuDNN's choices, the allocator's blocks) without training on it."""
+        state = [*self.stack.state(), *self._counters()]
+        saved = [t.clone() for t in state]
+        start = self.step_index.clone()
+        args = self.static if self.batches is None else (None, None)
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for _ in range(steps):
+                self.step_index.copy_(start)  # the same step again: never past the epoch's tables
+                self._step(*args)
+        if stream is not None:
+            torch.cuda.current_stream().wait_stream(stream)
+        for t, s in zip(state, saved):
+            t.copy_(s)
 
     def keep(self, runs: Sequence[int]) -> None:
         """Go on with ``runs`` only (indices in the current order); the next step recaptures its graph."""
