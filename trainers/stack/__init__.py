@@ -17,7 +17,7 @@ checkpoints and final weights, as if trained alone (to float rounding). On a GPU
     >>> stack_blockers(load_config("fashion-mnist", []))   # the recipe's runs stack
     []
 
-Modules: :mod:`.plan` (what can stack, ``launch.stack``), :mod:`.flat` (the stacked tensors),
+Modules: :mod:`.plan` (what can stack, ``launch.stack``), :mod:`.flat` (the stacked tensors), :mod:`.member` (a run),
 :mod:`.sgd` (the optimizer), :mod:`.batches` (the runs' batches), :mod:`.step` (the step and its
 CUDA graph), :mod:`.group` (the runs' life cycle), :mod:`.cli` (``python -m trainers.stack``).
 """

@@ -7,7 +7,7 @@
     >>> [o.state for o in outcomes]           # doctest: +SKIP
     ['done', 'done', 'done', 'done']
 
-Each run (a :class:`_Member`, the trainer's own :class:`~trainers.trainer._Run` with the step taken
+Each run (a :class:`~trainers.stack.member.Member`, the trainer's own :class:`~trainers.trainer._Run` with the step taken
 away) builds its model from its own seed, its data loaders, its optimizer and timm scheduler, chooses
 its checkpoint, and keeps its ``run.yaml``, ``metrics.jsonl``/``.csv``, checkpoints (in the format a
 lone run writes and reads: a run can leave the group and go on alone) and final weights in its own
@@ -28,18 +28,14 @@ Stops:
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from torch import nn
 
 from .. import checkpoint as ckpt
 from ..config import TrainConfig
@@ -47,107 +43,21 @@ from ..data import load_datasets
 from ..data.on_device import DeviceTrainLoader
 from ..distributed import DistInfo, setup_distributed, teardown_distributed
 from ..errors import CheckpointError, ConfigError, NonFiniteError, Preempted
-from ..factory import build_loss, build_optimizer, build_scheduler
+from ..factory import build_loss
 from ..loop import EpochProgress, Halt, Stopped, _nonfinite_detail
 from ..metrics import peak_memory_mb, reset_peak_memory
 from ..preemption import PreemptionSignals
 from ..resume import log, warn
 from ..rng import capture_rng
-from ..trainer import _AMP, RunResult, _epoch_line, _Run
+from ..trainer import _AMP, _epoch_line
 from .batches import DeviceBatches, HostBatches
 from .flat import FlatStack
+from .member import Member, MemberDist, MemberOutcome
 from .plan import config_differences, run_tags, stack_blockers
 from .sgd import StackedSGD
 from .step import StackedStep
 
 __all__ = ["train_group", "MemberOutcome"]
-
-
-@dataclass(frozen=True)
-class MemberDist(DistInfo):
-    """The process's :class:`DistInfo`, naming the run its lines are about."""
-    tag: str = ""
-
-
-@dataclass
-class MemberOutcome:
-    """How one run of a group ended: ``done`` (``result`` set), ``failed`` (``error``: its one line)."""
-    out_dir: Path
-    state: str
-    error: str = ""
-    result: RunResult | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"state": self.state, "error": self.error}
-
-
-class _RunOptimizer:
-    """What the checkpoint code sees as a run's optimizer: its own ``torch.optim.SGD`` (built by timm's
-    factory on the run's module: same groups, same state-dict layout), whose momentum buffers are views of
-    the stack; ``state_dict()`` copies them out, so a checkpoint holds this run's state only."""
-
-    def __init__(self, sgd: torch.optim.Optimizer) -> None:
-        self.sgd = sgd
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.sgd.param_groups
-
-    def state_dict(self) -> dict[str, Any]:
-        sd = self.sgd.state_dict()
-        return {"state": {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-                          for i, s in sd["state"].items()},
-                "param_groups": [dict(g) for g in sd["param_groups"]]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sgd.load_state_dict(state)
-
-
-class _Member(_Run):
-    """One run of a group: the trainer's run, whose steps the group takes."""
-
-    def _build_optimization(self, model: nn.Module) -> None:
-        cfg = self.cfg
-        batches = self.data.batches_per_epoch
-        if cfg.data.limit_train_batches:
-            batches = min(batches, cfg.data.limit_train_batches)
-        self.updates_per_epoch = self.num_batches = batches
-        self.global_batch = cfg.data.batch_size
-        self.sgd = build_optimizer(cfg, model, self.global_batch)
-        self.optimizer = _RunOptimizer(self.sgd)
-        self.scheduler = build_scheduler(cfg, self.sgd, self.updates_per_epoch)
-        self.ema = None
-        self.ctx = SimpleNamespace(scaler=None)
-        self.history: list[dict[str, Any]] = []
-        self.progress = EpochProgress(epoch=0)
-        if self.resume_from is not None:
-            self._restore(self.resume_from, model, None)
-            self._set_aside_later()
-        self.eval_metrics: dict[str, Any] = {}
-        self.reported_skips = 0
-
-    def _evaluate(self) -> dict[str, Any]:
-        return self.eval_metrics  # the group evaluated every run at once
-
-    def _save(self, progress: EpochProgress, rng: dict[str, Any] | None = None, last: bool = False) -> Path | None:
-        # the run's own RNG state (what it would hold alone): the group never draws from the process RNG
-        return super()._save(progress, rng if rng is not None else self.rng, last)
-
-    def _finish(self) -> RunResult:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):  # the summary table and best epoch, tagged as this run's other lines
-            result = super()._finish()
-        for line in out.getvalue().splitlines():
-            log(self.d, line)
-        return result
-
-    def lr(self) -> float:
-        """The learning rate of this run's optimizer (one for all its groups: timm's schedulers set them alike)."""
-        values = {float(g["lr"]) for g in self.sgd.param_groups}
-        if len(values) != 1:
-            raise ConfigError(f"run {self.out}: its optimizer groups have different learning rates {sorted(values)}; "
-                              "stacked runs take one learning rate per run: set launch.stack: off")
-        return values.pop()
 
 
 class _Group:
@@ -162,7 +72,7 @@ class _Group:
         self.d, self.signals = d, signals
         base = {f.name: getattr(d, f.name) for f in fields(DistInfo)}
         tags = run_tags([c.run.out_dir for c in cfgs])
-        self.members = [_Member(c, MemberDist(**base, tag=t), signals) for c, t in zip(cfgs, tags)]
+        self.members = [Member(c, MemberDist(**base, tag=t), signals) for c, t in zip(cfgs, tags)]
         self.all = list(self.members)  # the runs that still train are self.members
         self.outcomes: dict[Path, MemberOutcome] = {}
         self.host: HostBatches | None = None
@@ -233,7 +143,7 @@ class _Group:
     def _align_resume(self) -> None:
         """The runs go on from one step: the newest that every run has a checkpoint of. (A group killed while its
         runs wrote their checkpoints leaves the first runs one checkpoint ahead.)"""
-        def step_of(m: _Member) -> int:
+        def step_of(m: Member) -> int:
             return 0 if m.resume_from is None else int(m.resume_from.state["ranks"][0]["progress"]["num_updates"])
 
         target = min(step_of(m) for m in self.members)
