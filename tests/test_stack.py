@@ -280,7 +280,8 @@ def test_a_nonfinite_run_stops_alone_and_the_others_go_on(tmp_path, monkeypatch,
 
 # -- what cannot stack says so in one line -------------------------------------------------------
 def test_runs_that_cannot_stack_are_refused_in_one_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"^these runs cannot be stacked: loss.mixup / loss.cutmix .*; set launch.stack: off$"):
+    with pytest.raises(ConfigError, match=r"^these runs cannot be stacked: loss.mixup / loss.cutmix .*; train them alone "
+                                          r"\(in a comparison: launch.stack: off\)$"):
         train_group(_cfgs(tmp_path, ["loss.mixup=0.2"], seeds=(0, 1)))
     cfgs = _cfgs(tmp_path, [], seeds=(0,)) + [load_config(None, [*TINY, "optim.lr=0.2", f"run.out_dir={tmp_path}/b"])]
     with pytest.raises(ConfigError, match=r"may differ in seed, out_dir and SE settings only; .* differs .* in optim.lr$"):

@@ -103,7 +103,7 @@ class FlatStack:
         frozen = [n for n, p in first.named_parameters() if not p.requires_grad]
         if frozen:
             raise ConfigError(f"stacking trains every parameter, but {frozen[0]} is frozen (requires_grad=False): "
-                              "set launch.stack: off")
+                              "train them alone (in a comparison: launch.stack: off)")
         dtypes = {p.dtype for _, p in params}
         if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
             raise ConfigError(f"stacking needs parameters of one floating dtype, this model has {sorted(map(str, dtypes))}")

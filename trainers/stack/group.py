@@ -82,7 +82,8 @@ class _Group:
         first = self.members[0].cfg
         blockers = stack_blockers(first)
         if blockers:
-            raise ConfigError(f"these runs cannot be stacked: {'; '.join(blockers)}; set launch.stack: off")
+            raise ConfigError(f"these runs cannot be stacked: {'; '.join(blockers)}; train them alone (in a comparison: "
+                              "launch.stack: off)")
         outs = [m.out.resolve() for m in self.members]
         if len(set(outs)) != len(outs):
             raise ConfigError("two runs of the group share one run.out_dir; give each its own")
@@ -117,7 +118,7 @@ class _Group:
         clocks = {(m.progress.epoch, m.progress.batch, m.progress.num_updates) for m in self.members}
         if len(clocks) != 1:
             raise CheckpointError(f"the runs resume at different steps {sorted(clocks)}: a group trains in lock step; "
-                                  "resume them with launch.stack: off")
+                                  "resume them alone (in a comparison: launch.stack: off)")
         cfg = first.cfg
         sgd = StackedSGD.from_optimizers(self.stack, [m.sgd for m in self.members])
         batches = None
@@ -159,7 +160,7 @@ class _Group:
             path = m.ckpt_root / f"step-{target:08d}"
             if not path.is_dir():
                 raise CheckpointError(f"{m.out} has no checkpoint of step {target}, where another run of the group "
-                                      "stopped: resume these runs with launch.stack: off")
+                                      "stopped: resume them alone (in a comparison: launch.stack: off)")
             warn(m.d, f"resuming at step {target} with the rest of the group, not at step {step_of(m)}")
             m.resume_from = ckpt.load_checkpoint(path)
 

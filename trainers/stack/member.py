@@ -116,5 +116,6 @@ class Member(_Run):
         values = {float(g["lr"]) for g in self.sgd.param_groups}
         if len(values) != 1:
             raise ConfigError(f"run {self.out}: its optimizer groups have different learning rates {sorted(values)}; "
-                              "stacked runs take one learning rate per run: set launch.stack: off")
+                              "stacked runs take one learning rate per run: train them alone (in a comparison: "
+                              "launch.stack: off)")
         return values.pop()

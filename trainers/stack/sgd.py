@@ -50,7 +50,7 @@ class StackedSGD:
         first = optimizers[0]
         if type(first) is not torch.optim.SGD:
             raise ConfigError(f"stacked runs train with SGD only (optim.opt sgd, nesterov or momentum), not "
-                              f"{type(first).__name__}: set launch.stack: off")
+                              f"{type(first).__name__}: train them alone (in a comparison: launch.stack: off)")
         def names(k: int) -> dict[int, str]:
             named = dict(stack.modules[k].named_parameters())
             return {id(named[s.name]): s.name for s in stack.pslots}
@@ -60,11 +60,12 @@ class StackedSGD:
         for opt in optimizers:
             for g in opt.param_groups:
                 if g.get("dampening", 0) != 0 or g.get("maximize", False):
-                    raise ConfigError("stacked runs support SGD without dampening or maximize: set launch.stack: off")
+                    raise ConfigError("stacked runs support SGD without dampening or maximize: train them alone (in a "
+                                      "comparison: launch.stack: off)")
                 settings.add((float(g["momentum"]), bool(g["nesterov"])))
         if len(settings) != 1:
             raise ConfigError(f"the stacked runs' SGD groups differ in momentum or Nesterov ({sorted(settings)}): "
-                              "set launch.stack: off")
+                              "train them alone (in a comparison: launch.stack: off)")
         first_names = names(0)
         for g in first.param_groups:
             for p in g["params"]:
@@ -109,6 +110,7 @@ def per_run_clip_(grad: torch.Tensor, max_value: float, mode: str) -> None:
         grad.clamp_(-max_value, max_value)
         return
     if mode != "norm":
-        raise ConfigError(f"optim.clip_mode = {mode!r} is not supported by stacked runs (norm, value): set launch.stack: off")
+        raise ConfigError(f"optim.clip_mode = {mode!r} is not supported by stacked runs (norm, value): train them alone "
+                          "(in a comparison: launch.stack: off)")
     norms = torch.linalg.vector_norm(grad, 2.0, dim=1, keepdim=True)
     grad.mul_(torch.clamp(max_value / (norms + 1e-6), max=1.0))
