@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(time_group(args, k, Path(tmp)))
             print(rows[-1], flush=True)
         if args.separate:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the groups timed above are gone: their memory to the processes
             rows.append(time_separate(args, args.separate, Path(tmp), argv))
             print(rows[-1], flush=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else platform.processor() or "cpu"
