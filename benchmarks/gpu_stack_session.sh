@@ -68,10 +68,10 @@ if want env; then
   stage 30 env.txt bash -c "nvidia-smi || true; $PY -c 'import torch, timm, platform; import se_inject, trainers.stack; print(\"torch\", torch.__version__, \"timm\", timm.__version__, \"python\", platform.python_version()); print(torch.cuda.get_device_name() if torch.cuda.is_available() else \"no CUDA device\")'; nproc; free -g"
 fi
 if want profile; then
-  stage 150 step_profile.md $PY benchmarks/step_profile.py $SMOKE_FLAG --out "$OUT/step_profile.table.md"
+  stage 120 step_profile.md $PY benchmarks/step_profile.py $SMOKE_FLAG --out "$OUT/step_profile.table.md"
 fi
 if want throughput; then
-  stage 200 stack_throughput.md $PY benchmarks/stack_throughput.py $SMOKE_FLAG --out "$OUT/stack_throughput.table.md"
+  stage 150 stack_throughput.md $PY benchmarks/stack_throughput.py $SMOKE_FLAG --duration 10 --out "$OUT/stack_throughput.table.md"
 fi
 if want study; then
   l=$(left)
