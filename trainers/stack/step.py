@@ -181,14 +181,16 @@ class StackedStep:
         saved = [t.clone() for t in state]
         start = self.step_index.clone()
         args = self.static if self.batches is None else (None, None)
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            for _ in range(steps):
-                self.step_index.copy_(start)  # the same step again: never past the epoch's tables
-                self._step(*args)
-        if stream is not None:
-            torch.cuda.current_stream().wait_stream(stream)
-        for t, s in zip(state, saved):
-            t.copy_(s)
+        try:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                for _ in range(steps):
+                    self.step_index.copy_(start)  # the same step again: never past the epoch's tables
+                    self._step(*args)
+        finally:
+            if stream is not None:
+                torch.cuda.current_stream().wait_stream(stream)
+            for t, s in zip(state, saved):
+                t.copy_(s)
 
     def keep(self, runs: Sequence[int]) -> None:
         """Go on with ``runs`` only (indices in the current order); the next step recaptures its graph."""
