@@ -87,6 +87,11 @@ class _Run(Checkpointing):
         self.saved_step: int | None = None  # the step of the last checkpoint this process saw written
 
     def _setup(self) -> None:
+        self._setup_run(self._setup_model())
+
+    def _setup_model(self, raw: Any = None) -> nn.Module:
+        """Seeds, the checkpoint to resume, the model and the data (``raw``: data sets already loaded, as
+        :func:`~trainers.data.load_datasets` returns them); nothing that holds the model's parameters yet."""
         cfg, d = self.cfg, self.d
         set_deterministic(cfg.run.deterministic)
         seed_everything(cfg.run.seed)  # the same on every rank: identical initial weights
@@ -101,7 +106,11 @@ class _Run(Checkpointing):
                 import torch.utils.tensorboard  # noqa: F401
             except ImportError:
                 raise ConfigError("run.tensorboard needs the tensorboard package: pip install 'se-inject[tensorboard]'") from None
-        model = self._build_model_and_data()
+        return self._build_model_and_data(raw)
+
+    def _setup_run(self, model: nn.Module) -> None:
+        """Optimization (and the resumed state), run.yaml, the metrics files, the header, the RNG streams."""
+        cfg, d = self.cfg, self.d
         self._build_optimization(model)
         if d.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -121,10 +130,10 @@ class _Run(Checkpointing):
             # last, so nothing in setup draws from the restored streams
             restore_rng(self.resume_from.state["ranks"][d.rank]["rng"])
 
-    def _build_model_and_data(self) -> nn.Module:
+    def _build_model_and_data(self, raw: Any = None) -> nn.Module:
         """Data sets, the model (plain, then SE with the resolved input size), loaders; fills run.yaml's blanks."""
         cfg, d = self.cfg, self.d
-        raw = load_datasets(cfg)
+        raw = raw if raw is not None else load_datasets(cfg)
         model = build_backbone(cfg, raw.num_classes, raw.in_chans or cfg.model.in_chans or 3)
         rc = resolve_input(cfg, raw, model)
         model = add_se(cfg, model, tuple(rc["input_size"]))
@@ -252,14 +261,7 @@ class _Run(Checkpointing):
         last = p.epoch + 1 == cfg.run.epochs
         eval_start = time.perf_counter()
         if last or (p.epoch + 1) % cfg.run.eval_every == 0:
-            amp = _AMP[cfg.run.amp]
-            record.update(evaluate(self.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
-                                   cfg.data.limit_val_batches))
-            if self.ema is not None and cfg.ema.evaluate:
-                ema_metrics = evaluate(self.ema.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
-                                       cfg.data.limit_val_batches, prefix="ema_")
-                ema_metrics.pop("ema_val_images", None)
-                record.update(ema_metrics)
+            record.update(self._evaluate())
         eval_time = time.perf_counter() - eval_start
         record.update({
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -270,6 +272,19 @@ class _Run(Checkpointing):
             "skipped_steps": p.skipped_steps,
         })
         return record
+
+    def _evaluate(self) -> dict[str, Any]:
+        """Validation metrics of the model (and of the EMA weights) for the epoch record."""
+        cfg, d = self.cfg, self.d
+        amp = _AMP[cfg.run.amp]
+        metrics = evaluate(self.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
+                           cfg.data.limit_val_batches)
+        if self.ema is not None and cfg.ema.evaluate:
+            ema_metrics = evaluate(self.ema.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
+                                   cfg.data.limit_val_batches, prefix="ema_")
+            ema_metrics.pop("ema_val_images", None)
+            metrics.update(ema_metrics)
+        return metrics
 
     def _finish(self) -> RunResult:
         d = self.d
