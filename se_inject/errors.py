@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "did_you_mean",
-           "first_line"]
+__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError",
+           "MissingExtraError", "did_you_mean", "first_line"]
 
 
 class SEInjectError(Exception):
@@ -37,6 +37,19 @@ class KernelError(SEInjectError, ValueError):
 class CompressError(SEInjectError, ValueError):
     """Pruning or folding (:mod:`se_inject.compress`) was given an argument, a model, statistics or
     calibration data it cannot use."""
+
+
+class MissingExtraError(SEInjectError, ImportError):
+    """A feature was called whose optional dependencies (an extra of the package) are not installed.
+
+    ``extra`` is the extra to install (``pip install 'se-inject[onnx]'``), ``missing`` the modules
+    that were not found; the message says both (:func:`se_inject._extras.require`).
+    """
+
+    def __init__(self, message: str = "", *, extra: str = "", missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.extra = extra
+        self.missing = missing
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
