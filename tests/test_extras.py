@@ -97,12 +97,14 @@ def _plot(tmp_path):
 
 
 def _train(tmp_path):
-    from trainers import load_config, train
+    from trainers import load_config
+    from trainers.trainer import train   # trainers.train is also a module: once imported, it shadows the function
     train(load_config("fashion-mnist", [f"run.out_dir={tmp_path / 'run'}"]))
 
 
 def _tensorboard(tmp_path):
-    from trainers import load_config, train
+    from trainers import load_config
+    from trainers.trainer import train
     train(load_config(None, [f"run.out_dir={tmp_path / 'run'}", "run.tensorboard=true"]))
 
 
@@ -176,10 +178,14 @@ def test_a_command_names_its_missing_extra_in_one_line(command, monkeypatch, cap
 
 
 def test_the_installed_command_prints_one_line_and_exits_2(tmp_path):
-    """The real entry point in a fresh process: no traceback on stderr."""
-    code = "import sys; sys.modules['onnxscript'] = None; from se_inject_cli import main; sys.exit(main())"
+    """The real entry point in a fresh process, none of the onnx extra installed: no traceback on
+    stderr, and the line is the one the README quotes."""
+    code = ("import sys\nfor m in ('onnx', 'onnxruntime', 'onnxscript'): sys.modules[m] = None\n"
+            "from se_inject_cli import main; sys.exit(main())")
     out = subprocess.run([sys.executable, "-c", code, "export", "resnet18", "-o", str(tmp_path / "m.onnx")],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2
-    assert out.stderr.strip() == ("se-inject export: MissingExtraError: se-inject export needs the onnx extra "
-                                  "(onnxscript not installed): pip install 'se-inject[onnx]'")
+    line = ("se-inject export: MissingExtraError: se-inject export needs the onnx extra (onnx, onnxruntime, "
+            "onnxscript not installed): pip install 'se-inject[onnx]'")
+    assert out.stderr == line + "\n"
+    assert line in (ROOT / "README.md").read_text()
