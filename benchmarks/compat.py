@@ -52,9 +52,10 @@ Each row: `benchmarks/compat.py` (`make compat TORCH=<version>`) built a venv wi
 torchvision from the package index (CUDA builds, run on the CPU), installed se-inject's wheel with the
 onnx extra into it, and ran `se_inject._torch_compat.check()` and the engine's tests
 ({tests}) from outside the checkout. `lowest` rows pin every other core dependency at the lower bound
-pyproject.toml declares. Append-only: the newest row of a version is its current state.
+pyproject.toml declares (timm and the rest of the core: networkx, PyYAML, safetensors); the others take
+what pip resolves. Append-only: the newest row of a version is its current state.
 
-| date | torch | torchvision | timm | other core deps | python | check() | passed | failed | skipped | seconds | command |
+| date | torch | torchvision | timm | other dependencies | python | check() | passed | failed | skipped | seconds | command |
 |---|---|---|---|---|---|---|---|---|---|---|---|
 """
 
