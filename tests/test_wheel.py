@@ -31,8 +31,12 @@ OURS = re.compile(r"^(__editable__|se_inject|backbones$|trainers$)|\.pth$")
 
 
 def _tracked() -> list[str]:
-    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True, check=True)
-    return [name for name in out.stdout.split("\0") if name and (ROOT / name).is_file()]
+    """The files git tracks; outside a git checkout (an unpacked sdist) every file but build output."""
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True)
+    if out.returncode == 0:
+        return [name for name in out.stdout.split("\0") if name and (ROOT / name).is_file()]
+    skip = re.compile(r"(^|/)(\.venv|\.compat|\.git|build|dist|runs|__pycache__|[^/]+\.egg-info)(/|$)")
+    return [str(f.relative_to(ROOT)) for f in ROOT.rglob("*") if f.is_file() and not skip.search(str(f.relative_to(ROOT)))]
 
 
 def _run(cmd, **kw) -> subprocess.CompletedProcess:
