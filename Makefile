@@ -9,7 +9,7 @@ DEMO_OUT ?= runs/demo
 
 CONSTRAINTS := constraints/dev.txt
 
-.PHONY: demo test venv data clean compat
+.PHONY: demo test venv data clean compat compat-usage
 
 venv: $(STAMP)
 
@@ -36,9 +36,11 @@ test: $(STAMP) $(FASHION_MNIST)
 # A separate venv per torch (.compat/torch-<version>, kept), the wheel installed into it, the engine's
 # tests run, a row appended to benchmarks/results/compat.md. COMPAT_ARGS=--lowest also pins the other
 # core dependencies at their declared lower bounds.
-compat: $(STAMP)
-	@test -n "$(TORCH)" || { echo "usage: make compat TORCH=2.11.0 [COMPAT_ARGS=--lowest]"; exit 2; }
+compat: compat-usage $(STAMP)
 	$(PY) benchmarks/compat.py --torch $(TORCH) $(COMPAT_ARGS)
+
+compat-usage:   # before the venv is built
+	@test -n "$(TORCH)" || { echo "usage: make compat TORCH=2.11.0 [COMPAT_ARGS=--lowest]"; exit 2; }
 
 demo: $(STAMP) $(FASHION_MNIST)
 	$(PY) examples/demo.py --out $(DEMO_OUT)
