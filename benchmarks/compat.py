@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     others = ", ".join(f"{n} {versions[n]}" for n in ("networkx", "PyYAML", "safetensors", "onnx", "onnxruntime",
                                                        "onnxscript"))
     command = f"python benchmarks/compat.py --torch {args.torch}" + (" --lowest" if args.lowest else "")
+    if args.workers > 1:
+        command += f" --workers {args.workers}"
     if args.tests != TESTS:
         command += " --tests " + " ".join(args.tests)
     row = (f"| {datetime.date.today()} | {versions['torch']} | {versions['torchvision']} | {versions['timm']} | "
