@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import CompressError, ExportError, KernelError, PolicyError, PretrainedError, SEInjectError, TraceError
+from .errors import (CompressError, ExportError, KernelError, MissingExtraError, PolicyError, PretrainedError,
+                     SEInjectError, TraceError)
 
 #: public name -> the module that defines it
 _LAZY = {"apply": "api", "plan": "api", "Plan": "planner", "Policy": "policy", "load_policy": "policy",
@@ -26,7 +27,8 @@ _LAZY = {"apply": "api", "plan": "api", "Plan": "planner", "Policy": "policy", "
 __all__ = ["apply", "plan", "Plan", "Policy", "load_policy", "list_presets", "SqueezeExcite",
            "export_onnx", "ExportReport", "se_nodes", "excitation_stats", "ExcitationStats", "prune", "fold", "fold_plan",
            "save_pretrained", "load_pretrained",
-           "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "PretrainedError"]
+           "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "PretrainedError",
+           "MissingExtraError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from se_inject._extras import require
+
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_config
 from .data import load_datasets, make_loaders, resolve_input
@@ -64,6 +66,9 @@ class RunResult:
 
 def train(cfg: TrainConfig) -> RunResult:
     """Train as ``cfg`` says, in this process (one rank of a torchrun job, or alone)."""
+    require("train", for_="trainers.train")
+    if cfg.run.tensorboard:
+        require("tensorboard", for_="run.tensorboard=true")
     d = setup_distributed(cfg.run.device)
     try:
         with PreemptionSignals() as signals:
@@ -101,11 +106,6 @@ class _Run(Checkpointing):
             raise CheckpointError(f"checkpoint {self.resume_from.path} was written by {n} ranks, this run has "
                                   f"{d.world_size}: resume with torchrun --nproc_per_node={n} (data order and RNG "
                                   "streams are per rank)")
-        if cfg.run.tensorboard:
-            try:
-                import torch.utils.tensorboard  # noqa: F401
-            except ImportError:
-                raise ConfigError("run.tensorboard needs the tensorboard package: pip install 'se-inject[tensorboard]'") from None
         return self._build_model_and_data(raw)
 
     def _setup_run(self, model: nn.Module) -> None:

@@ -29,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from se_inject.errors import SEInjectError
+from se_inject._extras import require
 from se_inject.files import write_atomically
 
 from .slots import SlotPlan, Slots, plan_slots, visible_gpus
@@ -308,6 +309,7 @@ def oom_advice(group: tuple[str, ...], per_group: int, error: str) -> str:
 def run_matrix(spec: CompareSpec, echo=print, gpus: list[str] | None = None) -> list[RunStatus]:
     """Train every unfinished run of ``spec``; returns each run's status. ``gpus``: the GPUs to use
     (default: every visible one; :func:`launch_plan`)."""
+    require("train", for_="trainers.compare.run_matrix")
     todo = [r for r in spec.runs if status_of(r.out_dir) is not RunState.DONE]
     done = [RunStatus(r, RunState.DONE, trained=False) for r in spec.runs if status_of(r.out_dir) is RunState.DONE]
     plan = launch_plan(spec, gpus)
