@@ -44,7 +44,7 @@ from .pretrained_config import (CONFIG_NAME, FORMAT_VERSION, LIBRARY, WEIGHTS_NA
 from .record import Origin, adopt_origin, applications, check_recorded, origin_of
 from .replay import replay
 
-__all__ = ["save_pretrained", "load_pretrained", "write_config", "BaseNotRecorded"]
+__all__ = ["save_pretrained", "load_pretrained", "load_weights", "write_config", "BaseNotRecorded"]
 
 
 class BaseNotRecorded(UserWarning):
@@ -273,16 +273,16 @@ def load_pretrained(directory: str | os.PathLike, *, base_model: nn.Module | Non
     if base_model is not None:
         base_model = _check_base_model(base_model)
     config = read_config(folder)
+    if config is None and (folder / "run.yaml").is_file():
+        raise PretrainedError(f"{folder} is a trainer run written before runs saved {CONFIG_NAME}: load it with "
+                              "trainers.load_run_model(run_dir), which rebuilds it from run.yaml")
     state = _read_weights(folder / weights)
     try:
-        if config is None:  # a trainer run from before config.json: rebuilt as the trainer built it
-            model = _from_run_yaml(folder, base_model)
-        else:
-            model = base_model if base_model is not None else _base_by_name(config.base, folder / CONFIG_NAME)
-            if origin_of(model) is None:  # saving it again records the same base
-                adopt_origin(model, config.base)
-            for app in config.applications:
-                replay(model, app)
+        model = base_model if base_model is not None else _base_by_name(config.base, folder / CONFIG_NAME)
+        if origin_of(model) is None:  # saving it again records the same base
+            adopt_origin(model, config.base)
+        for app in config.applications:
+            replay(model, app)
     except PretrainedError as e:
         raise PretrainedError(f"{folder}: {e}") from None
     except SEInjectError as e:
@@ -334,12 +334,10 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path)
     model.load_state_dict(state, strict=True)
 
 
-def _from_run_yaml(folder: Path, base_model: nn.Module | None) -> nn.Module:
-    """A trainer run without ``config.json`` (written before there was one): its model built as the
-    trainer built it from ``run.yaml`` (the SE blocks planned by this se-inject's rules; the strict
-    weight load then says when those no longer give the trained net)."""
-    from trainers.config import load_config
-    from trainers.factory import add_se, build_backbone
-    cfg = load_config(str(folder / "run.yaml"))
-    model = base_model if base_model is not None else build_backbone(cfg, cfg.model.num_classes, cfg.model.in_chans)
-    return add_se(cfg, model, tuple(cfg.data.input_size))
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the safetensors file ``path`` into ``model`` strictly, each tensor keeping its saved dtype (what
+    :func:`load_pretrained` does once the net is rebuilt); a one-line :class:`PretrainedError` when they do
+    not fit. For a model built another way (:func:`trainers.load_run_model`)."""
+    path = Path(path)
+    _load_state(model, _read_weights(path), path)
+    return model

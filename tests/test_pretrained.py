@@ -119,8 +119,13 @@ def test_trainer_run_loads_as_trained(tmp_path):
     loaded = se_inject.load_pretrained(out)
     assert _blocks(loaded) == _blocks(result.model) and len(_blocks(loaded)) == 3
     assert torch.equal(loaded(x), want)
+    from trainers import load_run_model
+    assert torch.equal(load_run_model(out)(x), want)
     (out / "config.json").unlink()                         # a run from before config.json: rebuilt from run.yaml
-    assert torch.equal(se_inject.load_pretrained(out)(x), want)
+    assert torch.equal(load_run_model(out)(x), want)
+    with pytest.raises(se_inject.PretrainedError, match="written before runs saved config.json: load it with "
+                                                        r"trainers.load_run_model\(run_dir\)"):
+        se_inject.load_pretrained(out)
 
 
 # -- bad input: one line, nothing half-loaded or half-written -----------------------------------

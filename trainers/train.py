@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 __all__ = ["add_arguments", "main", "run_from_args"]
 
@@ -62,5 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class _CallableModule(type(sys)):
+    """``trainers.train`` names both this module (``python -m trainers.train``) and the function
+    ``trainers.train(cfg)``. Importing the module rebinds the package's attribute to the module, so a
+    later ``from trainers import train`` gets the module: it is callable, the same call as the function."""
+
+    def __call__(self, cfg: Any) -> Any:
+        from .trainer import train
+        return train(cfg)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _CallableModule

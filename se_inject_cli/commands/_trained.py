@@ -23,11 +23,11 @@ def add_calibration_arguments(p: argparse.ArgumentParser, seed_help: str = "cali
 
 def load_run(path: str, weights: str = "model") -> tuple[Any, Any, Path]:
     """``(config, model with the trained weights, run directory)``; a one-line error for anything else.
-    The model is the run's as :func:`se_inject.load_pretrained` rebuilds it: from the run's config.json,
+    The model is the run's as :func:`trainers.load_run_model` rebuilds it: from the run's config.json,
     the SE blocks where the trainer placed them."""
     from se_inject.errors import SEInjectError
-    from se_inject.pretrained import load_pretrained
     from trainers.config import load_config
+    from trainers.run_model import load_run_model
 
     run_dir = Path(path)
     if run_dir.suffix == ".safetensors":
@@ -37,7 +37,7 @@ def load_run(path: str, weights: str = "model") -> tuple[Any, Any, Path]:
     if not (run_dir / "run.yaml").exists() or not file.exists():
         raise SEInjectError(f"{path}: need run.yaml and {file.name} from a finished `se-inject train` run")
     cfg = load_config(str(run_dir / "run.yaml"), ["data.workers=0", "data.aug.re_prob=0"])
-    return cfg, load_pretrained(run_dir, weights=file.name), run_dir
+    return cfg, load_run_model(run_dir, weights=file.name), run_dir
 
 
 def calibration(cfg: Any, seed: int = 0) -> Any:
