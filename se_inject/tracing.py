@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from ._torch_compat import drop_dotted_wraps, pytree, qualified_name
+from ._torch_compat import FX_ASSERT_IS_NONE, drop_dotted_wraps, pytree, qualified_name
 from .errors import TraceError
 from .operators import is_learned
 from .shapes import (BACKENDS, Call, annotate_shapes, check_input_size, default_input_size, eval_mode,
                      expected_input, first_line, forward_shapes, model_device, record_calls, shapes_of)
 
 __all__ = ["ForwardError", "ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent", "clean_wrapped_calls",
-           "learned_paths", "Call", "default_input_size", "forward_shapes"]
+           "learned_paths", "Call", "default_input_size", "forward_shapes", "assert_is_none"]
 
 
 class ForwardError(TraceError):
@@ -81,12 +82,32 @@ class TracedModel:
         yield from sorted((g for g in self.graphs.values() if g.ok), key=lambda g: g.call.order)
 
 
+def assert_is_none(value: Optional[Any], msg: str) -> None:
+    """A rewritten module's check that an argument fixed to ``None`` by the trace is still ``None``.
+
+    fx's own check (``torch.fx._symbolic_trace._assert_is_none``) annotates ``value: object``, which
+    TorchScript cannot compile: a rewritten module holding it would not script. This one compiles
+    for an argument of any ``Optional`` type, and raises as fx's does:
+
+        >>> assert_is_none(None, "mask has been specialized to have value None but got another value")
+        >>> torch.jit.script(assert_is_none)(torch.ones(1), "mask has been specialized")
+        Traceback (most recent call last):
+        ...
+        torch.jit.Error: The following operation failed in the TorchScript interpreter.
+        ...
+    """
+    if value is not None:
+        raise AssertionError(msg)
+
+
 def _autowrap_functions() -> tuple[Any, ...]:
+    """Functions a trace records as calls: timm's non-traceable ones and :func:`assert_is_none`
+    (a re-trace of a rewritten module keeps its check)."""
     try:
         from timm.layers import _fx as timm_fx
     except ImportError:  # timm is optional for plain torch models
-        return ()
-    return tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
+        return (assert_is_none,)
+    return (assert_is_none, *(f for f in timm_fx.get_notrace_functions() if callable(f)))
 
 
 class _OneLevelTracer(fx.Tracer):
@@ -144,19 +165,44 @@ def trace_module(module: nn.Module, call: Call | None = None) -> tuple[fx.Graph,
     returned beside the graph (``ModuleGraph.constants``): tracing leaves no mark on the model.
     """
     before = set(vars(module))
+    concrete = _concrete_args(module, call)
     try:
         try:
-            graph = _OneLevelTracer(module).trace(module, concrete_args=_concrete_args(module, call))
+            graph = _OneLevelTracer(module).trace(module, concrete_args=concrete)
         except Exception:  # the forward branches on a size: fix it to the traced value (fx asserts it)
             for k in set(vars(module)) - before:
                 del module.__dict__[k]
-            concrete = _concrete_args(module, call, keep_sizes=False)
-            if concrete == _concrete_args(module, call):
+            fixed = _concrete_args(module, call, keep_sizes=False)
+            if fixed == concrete:
                 raise
+            concrete = fixed
             graph = _OneLevelTracer(module).trace(module, concrete_args=concrete)
     finally:
         added = {k: module.__dict__.pop(k) for k in set(vars(module)) - before}
-    return clean_wrapped_calls(graph), added
+    return _scriptable_specialisations(clean_wrapped_calls(graph), module, concrete or {}), added
+
+
+def _scriptable_specialisations(graph: fx.Graph, module: nn.Module, concrete: dict[str, Any]) -> fx.Graph:
+    """Make what fx adds for specialised arguments (``concrete``) readable by TorchScript, as the
+    original forward is: each ``_assert_is_none`` check becomes :func:`assert_is_none`, and each
+    specialised argument gets back its annotation (fx drops it: TorchScript would read the argument as
+    a tensor), or the type of its fixed value (``bool``, ``int``, ``float``, ``str``) where it had none."""
+    for n in graph.find_nodes(op="call_function", target=FX_ASSERT_IS_NONE):
+        n.target = assert_is_none
+    try:
+        hints = typing.get_type_hints(type(module).forward)
+    except Exception:  # an annotation that names something not importable here
+        hints = {}
+    for n in graph.find_nodes(op="placeholder"):
+        name = n.target.rsplit("_", 1)[0] if n.target.endswith("_1") else None
+        if name not in concrete or isinstance(concrete[name], (tuple, list, dict)):
+            continue  # not specialised, or a container of them (pytree arguments keep fx's codegen)
+        value = concrete[name]
+        if name in hints:
+            n.type = hints[name]
+        elif type(value) in (bool, int, float, str):
+            n.type = type(value)
+    return graph
 
 
 def clean_wrapped_calls(graph: fx.Graph) -> fx.Graph:
