@@ -76,10 +76,11 @@ def test_vgg_feature_taps_are_the_plain_models(name):
         early = model.forward_intermediates(x, indices=[1, 2], stop_early=True, intermediates_only=True)
         assert [t.shape for t in early] == plain[1:3]
         hooked = {}
-        handle = model.features[6].register_forward_hook(lambda m, i, o: hooked.setdefault("o", o))
+        tap = model.get_submodule(model.feature_info[1]["module"])   # features.6 in vgg11_bn
+        handle = tap.register_forward_hook(lambda m, i, o: hooked.setdefault("o", o))
         model(x)
         handle.remove()
-        assert torch.equal(taps[1], hooked["o"])                 # the tap at features.6 is its gated output
+        assert torch.equal(taps[1], hooked["o"])                 # a tap is its layer's gated output
         listed = timm.models.FeatureListNet(model, out_indices=(0, 1, 2, 3, 4), flatten_sequential=True)(x)
         assert [t.shape for t in listed] == plain[:5]
 
