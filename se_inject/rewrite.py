@@ -189,9 +189,13 @@ def _build_owner(owner: nn.Module, mg: ModuleGraph, placements: list[Placement],
     return OwnerGraphModule.build(owner, graph, _children(owner, blocks, after), constants)
 
 
-def _build_gated(layer: nn.Module, p: Placement, plan: Plan) -> nn.Module:
+def _build_gated(model: nn.Module, p: Placement, plan: Plan) -> nn.Module:
     """The layer ``p.holder`` of the owner, running its SE block on its own output (:mod:`se_inject.holders`)."""
-    return gate_layer(layer, _make_block(p, plan, layer, _reference_tensor(layer)))
+    layer = model.get_submodule(p.module_path.rpartition(".")[0])
+    like = _reference_tensor(layer)
+    if like is None:  # a ReLU: the block takes the device and dtype of the owner's weights
+        like = _reference_tensor(model.get_submodule(p.site.path))
+    return gate_layer(layer, _make_block(p, plan, layer, like))
 
 
 def _structure(model: nn.Module) -> list[tuple[str, type]]:
@@ -219,7 +223,7 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
         else:
             by_owner.setdefault(p.site.path, []).append(p)
     try:
-        built = {path: _build_gated(model.get_submodule(path), p, plan) for path, p in held.items()}
+        built = {path: _build_gated(model, p, plan) for path, p in held.items()}
         for path, ps in by_owner.items():
             constants = traced.graphs[path].constants
             if copied:  # a tensor fx made a constant belongs to one rewritten owner, not to two

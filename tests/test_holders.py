@@ -177,3 +177,10 @@ def test_applying_twice_adds_nothing_to_a_gated_layer():
     assert len(_blocks(again)) == len(_blocks(model)) == 5
     plan = se_inject.plan(model, input_size=SIZE, kinds=["conv"])
     assert not plan.placements and [s.reason for s in plan.skipped] == ["already gated"] * 5
+
+
+def test_a_block_inside_a_weightless_layer_takes_the_owners_device():
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()), nn.Flatten())
+    model = se_inject.apply(net, input_size=(3, 8, 8))
+    assert model[0][1].se.fc1.weight.device.type == "meta"   # the ReLU has no weight to take it from
