@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import operator
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -184,15 +185,17 @@ def trace_module(module: nn.Module, call: Call | None = None) -> tuple[fx.Graph,
 
 def _scriptable_specialisations(graph: fx.Graph, module: nn.Module, concrete: dict[str, Any]) -> fx.Graph:
     """Make what fx adds for specialised arguments (``concrete``) readable by TorchScript, as the
-    original forward is: each ``_assert_is_none`` check becomes :func:`assert_is_none`, and each
+    original forward is: each ``_assert_is_none`` check becomes :func:`assert_is_none`; each
     specialised argument gets back its annotation (fx drops it: TorchScript would read the argument as
-    a tensor), or the type of its fixed value (``bool``, ``int``, ``float``, ``str``) where it had none."""
+    a tensor), or the type of its fixed value (``bool``, ``int``, ``float``, ``str``) where it had none;
+    a list or tuple argument is one argument again (:func:`_unflattened_arguments`)."""
     for n in graph.find_nodes(op="call_function", target=FX_ASSERT_IS_NONE):
         n.target = assert_is_none
     try:
         hints = typing.get_type_hints(type(module).forward)
     except Exception:  # an annotation that names something not importable here
         hints = {}
+    graph = _unflattened_arguments(graph, module, hints)
     for n in graph.find_nodes(op="placeholder"):
         name = n.target.rsplit("_", 1)[0] if n.target.endswith("_1") else None
         if name not in concrete or isinstance(concrete[name], (tuple, list, dict)):
@@ -203,6 +206,50 @@ def _scriptable_specialisations(graph: fx.Graph, module: nn.Module, concrete: di
         elif type(value) in (bool, int, float, str):
             n.type = type(value)
     return graph
+
+
+def _unflattened_arguments(graph: fx.Graph, module: nn.Module, hints: dict[str, Any]) -> fx.Graph:
+    """``graph`` with fx's pytree code generation undone where every pytree argument is a list or tuple
+    of leaves (VoVNet's ``concat_list``, a size tuple): fx then reads the argument as several inputs
+    through ``fx_pytree.tree_flatten_spec`` in the generated code, which TorchScript cannot compile. The
+    argument becomes one placeholder again (with its annotation) and each of its items a ``getitem``,
+    its length checked as fx checks a fixed value. ``graph`` is returned as it is otherwise."""
+    codegen = graph._codegen
+    info = getattr(codegen, "pytree_info", None)
+    if type(codegen) is fx.graph.CodeGen or info is None or info.in_spec.type is not tuple:
+        return graph
+    specs = info.in_spec.children()
+    if len(specs) != len(info.orig_args) or not specs or not specs[0].is_leaf():
+        return graph  # the first argument is the module itself (self)
+    if not all(s.is_leaf() or (s.type in (list, tuple) and all(c.is_leaf() for c in s.children())) for s in specs):
+        return graph  # nested containers, dicts, None items: left to fx's code generation
+    old = graph.find_nodes(op="placeholder")
+    if len(old) != sum(s.num_leaves for s in specs[1:]):
+        return graph
+    params = inspect.signature(type(module).forward).parameters
+    new = fx.Graph()
+    val_map: dict[fx.Node, fx.Node] = {}
+    leaves = iter(old)
+    for name, spec in zip(info.orig_args[1:], specs[1:]):
+        default = () if name not in params or params[name].default is inspect.Parameter.empty else (params[name].default,)
+        if spec.is_leaf():
+            leaf = next(leaves)
+            val_map[leaf] = new.placeholder(leaf.target, type_expr=leaf.type, default_value=leaf.args[0] if leaf.args
+                                            else inspect.Signature.empty)
+            continue
+        arg = new.placeholder(name, type_expr=hints.get(name), default_value=default[0] if default else
+                              inspect.Signature.empty)
+        count = len(spec.children())
+        length = new.call_function(len, (arg,))
+        length.meta["is_wrapped"] = True  # the code registers fx.wrap("len"): a re-trace records it, as here
+        same = new.call_function(operator.eq, (length, count))
+        new.call_function(torch._assert, (same, f"{name} has been specialized to have {count} items but got another number"))
+        for i in range(count):
+            val_map[next(leaves)] = new.call_function(operator.getitem, (arg, i))
+    out = new.graph_copy(graph, val_map)
+    new.output(pytree.tree_unflatten(list(out) if isinstance(out, (list, tuple)) else [out], info.out_spec)
+               if info.out_spec is not None else out)
+    return new
 
 
 def clean_wrapped_calls(graph: fx.Graph) -> fx.Graph:

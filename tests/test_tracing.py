@@ -1,6 +1,6 @@
 """se_inject.tracing: one-level traces, shape backends, untraceable modules."""
 import pickle
-from typing import Optional
+from typing import List, Optional
 
 import pytest
 import torch
@@ -217,3 +217,46 @@ def test_specialised_arguments_leave_nothing_torchscript_cannot_read():
     again = pickle.loads(pickle.dumps(model))             # unpickling re-traces the code: the check stays a call
     assert len(again.block.graph.find_nodes(op="call_function", target=assert_is_none)) == 1
     assert torch.equal(again(x), model(x))
+
+
+class _Appends(nn.Sequential):
+    """VoVNet's SequentialAppendList: a list argument the trace fixes to its length."""
+
+    def forward(self, x: torch.Tensor, feats: List[torch.Tensor]) -> torch.Tensor:
+        for module in self:
+            feats.append(module(feats[-1] if feats else x))
+        return torch.cat(feats, dim=1)
+
+
+class _AppendsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = _Appends(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.mid(x, [x])
+
+
+def test_a_list_argument_stays_one_argument_torchscript_reads():
+    """fx passes a list argument fixed to its length through pytree code (``fx_pytree.tree_flatten_spec``)
+    that TorchScript cannot compile: it is one annotated argument again, its items ``getitem``s."""
+    import warnings
+    net = _AppendsNet().eval()
+    model = se_inject.apply(net, input_size=(3, 8, 8), kinds=["concat"])
+    mid = model.mid
+    assert type(mid.graph._codegen) is torch.fx.graph.CodeGen and hasattr(mid, "se")
+    assert [(n.target, n.type) for n in mid.graph.find_nodes(op="placeholder")] == [
+        ("x", torch.Tensor), ("feats", List[torch.Tensor])]
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
+        scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+        assert torch.equal(pickle.loads(pickle.dumps(model))(x), model(x))
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), model(x))
+        for m in (mid, scripted.mid):
+            with pytest.raises(Exception, match="feats has been specialized to have 1 items"):
+                m(torch.randn(2, 8, 8, 8), [torch.randn(2, 8, 8, 8)] * 2)
