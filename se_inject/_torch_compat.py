@@ -21,7 +21,8 @@ import torch.utils._pytree as pytree  # torch's pytree: the exporters' output or
 from torch import nn
 
 __all__ = ["pytree", "CodeOnlyModule", "format_import_block", "forward_from_src", "sys_importer", "MODULE_STATE",
-           "qualified_name", "drop_dotted_wraps", "FX_ASSERT_IS_NONE", "fake_tensor_mode", "size_oblivious_export", "version_of",
+           "qualified_name", "drop_dotted_wraps", "FX_ASSERT_IS_NONE", "traceable_assert", "fake_tensor_mode",
+           "size_oblivious_export", "version_of",
            "ConvNd", "NormBase", "holds_data", "is_interpreted", "declare_op_kernels", "check"]
 
 # ---- torch.fx.graph_module: rebuilding a GraphModule from its generated code (pickling, deepcopy),
@@ -70,6 +71,8 @@ def drop_dotted_wraps() -> None:
 #: what fx calls in a graph for an argument specialised to ``None`` (``concrete_args``); its
 #: ``value: object`` annotation is one TorchScript cannot read (tracing.assert_is_none replaces it)
 from torch.fx._symbolic_trace import _assert_is_none as FX_ASSERT_IS_NONE  # noqa: E402
+#: the assert fx writes for an argument fixed to a value, which fx records and TorchScript compiles
+traceable_assert = torch._assert
 
 
 def fake_tensor_mode() -> Any:

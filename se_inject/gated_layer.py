@@ -10,13 +10,15 @@ names (``features.3.weight`` stays ``features.3.weight``); the block's are ``<la
 
     >>> import torch, se_inject
     >>> from torch import nn
-    >>> features = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 8, 3))
+    >>> features = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+    ...                          nn.Conv2d(16, 8, 3))
     >>> net = se_inject.apply(nn.Sequential(features, nn.Flatten()), input_size=(3, 32, 32), r=4)
     >>> relu = net[0][2]
     >>> type(relu).__name__, isinstance(relu, nn.ReLU), is_gated_layer(relu), len(net[0]), type(net[0][3]).__name__
     ('ReLU', True, True, 5, 'MaxPool2d')
-    >>> [k for k in net.state_dict() if not k.startswith("0.1.")]
-    ['0.0.weight', '0.0.bias', '0.2.se.fc1.weight', '0.2.se.fc1.bias', '0.2.se.fc2.weight', '0.2.se.fc2.bias', '0.4.weight', '0.4.bias']
+    >>> [k for k in net.state_dict() if not k.startswith("0.1.")]           # doctest: +NORMALIZE_WHITESPACE
+    ['0.0.weight', '0.0.bias', '0.2.se.fc1.weight', '0.2.se.fc1.bias', '0.2.se.fc2.weight', '0.2.se.fc2.bias',
+     '0.4.weight', '0.4.bias']
 """
 from __future__ import annotations
 
@@ -84,7 +86,8 @@ def can_gate(layer: nn.Module) -> bool:
     """Whether :func:`gate_layer` takes ``layer``: a plain module (not already gated, not an fx graph
     module or a scripted one) with a Python ``forward`` and no attribute named ``se``."""
     forward = type(layer).forward
-    return (not isinstance(layer, (GatedLayer, fx.GraphModule, jit.ScriptModule)) and isinstance(forward, types.FunctionType)
+    return (not isinstance(layer, (GatedLayer, fx.GraphModule, jit.ScriptModule))
+            and isinstance(forward, types.FunctionType)
             and forward is not nn.Module.forward and not hasattr(layer, GATE_NAME))
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ._torch_compat import FX_ASSERT_IS_NONE, drop_dotted_wraps, pytree, qualified_name
+from ._torch_compat import FX_ASSERT_IS_NONE, drop_dotted_wraps, pytree, qualified_name, traceable_assert
 from .errors import TraceError
 from .operators import is_learned
 from .shapes import (BACKENDS, Call, annotate_shapes, check_input_size, default_input_size, eval_mode,
@@ -231,19 +231,19 @@ def _unflattened_arguments(graph: fx.Graph, module: nn.Module, hints: dict[str, 
     val_map: dict[fx.Node, fx.Node] = {}
     leaves = iter(old)
     for name, spec in zip(info.orig_args[1:], specs[1:]):
-        default = () if name not in params or params[name].default is inspect.Parameter.empty else (params[name].default,)
+        default = params[name].default if name in params else inspect.Parameter.empty
         if spec.is_leaf():
             leaf = next(leaves)
             val_map[leaf] = new.placeholder(leaf.target, type_expr=leaf.type, default_value=leaf.args[0] if leaf.args
                                             else inspect.Signature.empty)
             continue
-        arg = new.placeholder(name, type_expr=hints.get(name), default_value=default[0] if default else
-                              inspect.Signature.empty)
+        arg = new.placeholder(name, type_expr=hints.get(name), default_value=default)
         count = len(spec.children())
         length = new.call_function(len, (arg,))
         length.meta["is_wrapped"] = True  # the code registers fx.wrap("len"): a re-trace records it, as here
         same = new.call_function(operator.eq, (length, count))
-        new.call_function(torch._assert, (same, f"{name} has been specialized to have {count} items but got another number"))
+        why = f"{name} has been specialized to have {count} items but got another number"
+        new.call_function(traceable_assert, (same, why))
         for i in range(count):
             val_map[next(leaves)] = new.call_function(operator.getitem, (arg, i))
     out = new.graph_copy(graph, val_map)

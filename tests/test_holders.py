@@ -67,7 +67,8 @@ def test_vgg_feature_taps_are_the_plain_models(name):
     x = torch.randn(2, 3, 96, 96)
     assert model.feature_info == original.feature_info
     for info in model.feature_info:
-        assert type(model.get_submodule(info["module"])).__name__ == type(original.get_submodule(info["module"])).__name__
+        tap, plain_tap = model.get_submodule(info["module"]), original.get_submodule(info["module"])
+        assert type(tap).__name__ == type(plain_tap).__name__
     with torch.no_grad():
         plain = [t.shape for t in original.forward_intermediates(x, intermediates_only=True)]
         final, taps = model.forward_intermediates(x)
