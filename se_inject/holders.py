@@ -87,6 +87,6 @@ def holder(site: Site, traced: TracedModel) -> str:
     while layer is not None and _is_plain_sequential(layer) and len(layer) > 0:
         parent, (last, layer) = layer, list(layer._modules.items())[-1]
         path.append(last)
-    if layer is None or not can_gate(layer) or [m for m in parent._modules.values()].count(layer) != 1:
+    if layer is None or not can_gate(layer) or list(parent._modules.values()).count(layer) != 1:
         return ""
     return ".".join(path)
