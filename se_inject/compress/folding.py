@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..block import SqueezeExcite
-from ..gated_layer import GATE_NAME, is_gated_layer, layer_of
 from ..errors import CompressError
+from ..gated_layer import GATE_NAME, is_gated_layer, layer_of
 from ..operators import CAT_FUNCTIONS, NORM_ACTS, TRANSPARENT
 from .constant import ConstantScale
 from .stats import ExcitationStats
