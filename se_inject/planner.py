@@ -24,6 +24,8 @@ from .accounting import count_macs, count_params, se_macs, se_params
 from .block import reduced_channels
 from .codes import Code
 from .errors import PolicyError, SEInjectError, TraceError
+from .gated_layer import GATE_NAME
+from .holders import holder
 from .policy import Policy, load_policy
 from .preserve import preserved
 from .sites import Site, find_sites
@@ -40,7 +42,8 @@ FALLBACKS = (("concat", "dense-block outputs (concats that carry their input for
 
 @dataclass(frozen=True)
 class Placement:
-    """One SE block to insert: after ``site.node`` of ``site.path``, as attribute ``name``."""
+    """One SE block to insert: after ``site.node`` of ``site.path``, as attribute ``name`` of the owner,
+    or of its layer ``holder`` (a container's child: :mod:`se_inject.holders`)."""
     site: Site
     label: str        # SE_<stage>_<block>, the paper's naming (§6.3, Fig. 8)
     r: float
@@ -49,10 +52,11 @@ class Placement:
     params: int
     macs: int
     fused: bool       # shortcut + x * gate in one addcmul, replacing the add
+    holder: str = ""  # the owner's layer that runs the block on its output ("2" in VGG's features), "" = the owner
 
     @property
     def module_path(self) -> str:
-        return f"{self.site.path}.{self.name}" if self.site.path else self.name
+        return ".".join(p for p in (self.site.path, self.holder, self.name) if p)
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,14 @@ def _attribute_names(placements: list[tuple[Site, Any]], traced: TracedModel) ->
     return names
 
 
+def _holders(chosen: list[tuple[Site, Any]], traced: TracedModel) -> dict[Site, str]:
+    """Sites whose block goes inside the layer it gates (:mod:`se_inject.holders`), with that layer's
+    path below the owner; not where that layer is itself an owner the plan rewrites."""
+    owners = {site.path for site, _ in chosen}
+    found = {site: holder(site, traced) for site, _ in chosen}
+    return {site: h for site, h in found.items() if h and ".".join(filter(None, (site.path, h))) not in owners}
+
+
 def check_model(model: Any, caller: str = "se_inject.plan") -> nn.Module:
     """``model`` if it is a module instance, else a :class:`SEInjectError` that says what to pass."""
     if isinstance(model, nn.Module):
@@ -303,7 +315,9 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
             chosen.append((site, policy.r_for(site.path, site.stage)))
         elif site.kind in kinds:
             skipped.append(Skip(site, labels.get(site, "-"), why[1], why[0]))
-    names = _attribute_names(chosen, traced)
+    holders = _holders(chosen, traced)
+    names = _attribute_names([c for c in chosen if c[0] not in holders], traced)
+    names.update(dict.fromkeys(holders, GATE_NAME))
     placements = []
     for site, r in chosen:
         rd = reduced_channels(site.channels, r, policy.divisor, policy.min_reduced)
@@ -313,7 +327,7 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
         placements.append(Placement(
             site=site, label=labels[site], r=r, reduced=rd, name=names[site],
             params=se_params(site.channels, rd), macs=se_macs(site.channels, rd, positions),
-            fused=bool(site.fuse) and policy.fuse_add))
+            fused=bool(site.fuse) and policy.fuse_add and site not in holders, holder=holders.get(site, "")))
 
     if not placements:
         notes.append(_why_nothing(sites, policy))
