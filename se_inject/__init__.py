@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import CompressError, ExportError, KernelError, PolicyError, SEInjectError, TraceError
+from .errors import CompressError, ExportError, KernelError, PolicyError, SearchError, SEInjectError, TraceError
 
 #: public name -> the module that defines it
 _LAZY = {"apply": "api", "plan": "api", "Plan": "planner", "Policy": "policy", "load_policy": "policy",
@@ -24,7 +24,7 @@ _LAZY = {"apply": "api", "plan": "api", "Plan": "planner", "Policy": "policy", "
 
 __all__ = ["apply", "plan", "Plan", "Policy", "load_policy", "list_presets", "SqueezeExcite",
            "export_onnx", "ExportReport", "se_nodes", "excitation_stats", "ExcitationStats", "prune", "fold", "fold_plan",
-           "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError"]
+           "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "SearchError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
@@ -38,7 +38,13 @@ if TYPE_CHECKING:
     from .policy import Policy, list_presets, load_policy
 
 
+#: subpackages that load on first use too: ``se_inject.search.space(model)`` after ``import se_inject``
+_SUBPACKAGES = ("search",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
@@ -47,4 +53,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBPACKAGES))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "did_you_mean",
-           "first_line"]
+__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "SearchError",
+           "did_you_mean", "first_line"]
 
 
 class SEInjectError(Exception):
@@ -37,6 +37,11 @@ class KernelError(SEInjectError, ValueError):
 class CompressError(SEInjectError, ValueError):
     """Pruning or folding (:mod:`se_inject.compress`) was given an argument, a model, statistics or
     calibration data it cannot use."""
+
+
+class SearchError(SEInjectError, ValueError):
+    """A search space or a search (:mod:`se_inject.search`, ``se-inject search``) that cannot run as asked:
+    no site to search over, a bad choice, a constraint no point meets, a storage that cannot be opened."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
