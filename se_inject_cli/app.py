@@ -12,7 +12,8 @@ import sys
 
 #: command name -> module implementing it.
 COMMANDS: dict[str, str] = {name: f"se_inject_cli.commands.{name}" for name in (
-    "plan", "apply", "export", "policy", "backbones", "train", "compare", "report", "excitations", "prune", "fold")}
+    "plan", "apply", "export", "policy", "backbones", "train", "compare", "search", "report", "excitations", "prune",
+    "fold")}
 
 
 def build_parser() -> argparse.ArgumentParser:

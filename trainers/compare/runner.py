@@ -1,4 +1,4 @@
-"""Run a comparison's matrix through the trainer, one ``torchrun`` per run; resumable.
+"""Run a comparison's matrix through the trainer, one ``torchrun`` per run (:mod:`trainers.launch`); resumable.
 
 A run is *finished* when its ``result.json`` exists: it is skipped on the next invocation. A run
 with checkpoints but no result (the comparison was killed) continues with ``--resume auto``. A run
@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,12 +20,13 @@ from pathlib import Path
 
 from se_inject.files import write_atomically
 
+from ..launch import LOG, out_of_memory, run_training, train_command  # noqa: F401 (LOG: the run's log name, as before)
 from .slots import SlotPlan, Slots, plan_slots, visible_gpus
 from .spec import CompareSpec, Run
 
 __all__ = ["RunState", "RunStatus", "run_matrix", "status_of", "launch_plan", "oom_advice"]
 
-RESULT, ERROR, LOG, META = "result.json", "error.txt", "train.log", "compare.json"
+RESULT, ERROR, META = "result.json", "error.txt", "compare.json"
 
 
 class RunState(StrEnum):
@@ -62,15 +60,8 @@ def status_of(out_dir: Path) -> RunState:
 
 
 def _command(spec: CompareSpec, run: Run) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc_per_node}",
-           "-m", "trainers.train"]
-    if spec.config:
-        cmd += ["--config", spec.config]
-    for item in (*spec.overrides, *run.overrides(), "run.progress=false"):
-        cmd += ["--set", item]
-    if status_of(run.out_dir) is RunState.INTERRUPTED:
-        cmd += ["--resume", "auto"]
-    return cmd
+    return train_command(spec.config, (*spec.overrides, *run.overrides(), "run.progress=false"),
+                         nproc_per_node=spec.nproc_per_node, resume=status_of(run.out_dir) is RunState.INTERRUPTED)
 
 
 def launch_plan(spec: CompareSpec, gpus: list[str] | None = None) -> SlotPlan:
@@ -103,42 +94,25 @@ def _run_one(spec: CompareSpec, run: Run, slots: Slots, echo) -> RunStatus:
     t0 = time.perf_counter()
     echo(f"start {run.key}" + (f" on GPU {','.join(devices)}" if devices else f" ({slots.plan.threads} CPU threads)"))
     try:
-        with open(run.out_dir / LOG, "a") as log:
-            proc = subprocess.run(_command(spec, run), stdout=log, stderr=subprocess.STDOUT, env=_env(slots.plan, devices))
+        finished = run_training(_command(spec, run), run.out_dir, _env(slots.plan, devices))
     finally:
         slots.release(devices)
     seconds = time.perf_counter() - t0
     history = run.out_dir / "metrics.jsonl"
-    if proc.returncode == 0 and history.exists():
+    if finished.returncode == 0 and history.exists():
         rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
         result = {**meta, "seconds": round(seconds, 1), "final": rows[-1] if rows else {}}
         write_atomically(run.out_dir / RESULT, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
         echo(f"done  {run.key} in {seconds:.0f} s: top-1 error {result['final'].get('top1_err', float('nan')):.2f}%")
         return RunStatus(run, RunState.DONE, seconds)
-    lines = (run.out_dir / LOG).read_text(errors="replace").strip().splitlines()
+    lines = finished.lines
     tail = lines[-15:]
-    reason = _reason(lines) or f"exit status {proc.returncode}"
-    if devices is not None and _out_of_memory(lines):
+    reason = finished.reason
+    if devices is not None and out_of_memory(lines):
         reason = oom_advice(devices, slots.plan.per_group, reason)
-    (run.out_dir / ERROR).write_text(f"exit status {proc.returncode}: {reason}\n\n" + "\n".join(tail) + "\n")
+    (run.out_dir / ERROR).write_text(f"exit status {finished.returncode}: {reason}\n\n" + "\n".join(tail) + "\n")
     echo(f"FAILED {run.key}: {reason}")
     return RunStatus(run, RunState.FAILED, seconds, reason)
-
-
-_ERROR_LINE = re.compile(r"^([\w.]+)?(Error|Exception|Interrupt)\w*: ")
-
-
-def _reason(lines: list[str]) -> str:
-    """The run's own one-line error (ours, or a traceback's last line), not torchrun's summary."""
-    found = [line for line in lines if _ERROR_LINE.match(line) and "ChildFailedError" not in line]
-    return found[0].strip()[:300] if found else ""
-
-
-_OOM = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_(ALLOC_FAILED|NOT_ENOUGH_WORKSPACE)")
-
-
-def _out_of_memory(lines: list[str]) -> bool:
-    return any(_OOM.search(line) for line in lines)
 
 
 def oom_advice(group: tuple[str, ...], per_group: int, error: str) -> str:
