@@ -40,10 +40,13 @@ def build_space(spec: SearchSpec) -> SearchModel:
     model = build_backbone(cfg, raw.num_classes, raw.in_chans or cfg.model.in_chans or 3)
     input_size = tuple(resolve_input(cfg, raw, model)["input_size"])
     s, c = spec.file.space, spec.file.constraints
-    searched = space(model, s.policy, r_choices=s.r_choices, by=s.by, off=s.off, gates=s.gates, squeezes=s.squeezes,
-                     inits=s.inits, input_size=input_size, max_params_added=c.max_params_added,
-                     max_macs_added=c.max_macs_added, max_latency_ms=c.max_latency_ms,
-                     ordinal=spec.sampler_name in ORDINAL_SAMPLERS)
+    try:
+        searched = space(model, s.policy, r_choices=s.r_choices, by=s.by, off=s.off, gates=s.gates,
+                         squeezes=s.squeezes, inits=s.inits, input_size=input_size,
+                         max_params_added=c.max_params_added, max_macs_added=c.max_macs_added,
+                         max_latency_ms=c.max_latency_ms, ordinal=spec.sampler_name in ORDINAL_SAMPLERS)
+    except SearchError as e:   # the space's words, and the file that asked for it
+        raise SearchError(f"{spec.source}: {e}") from None
     return SearchModel(model, searched, input_size)
 
 

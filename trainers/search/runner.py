@@ -42,10 +42,7 @@ class SearchOutcome:
     budget: int
     states: dict[str, int]
     workers_failed: int
-
-    @property
-    def failed(self) -> int:
-        return self.states.get("FAIL", 0)
+    failed: int            # trials that failed and were not run again (a worker that died has its trial retried)
 
 
 def _budget(spec: SearchSpec, points: int) -> int:
@@ -155,7 +152,10 @@ def run_search(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
         raise
     echo(f"workers done in {time.perf_counter() - start:.0f} s")
     report = write_report(out, study, spec, description, storage)
+    trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    return SearchOutcome(report, budget, states, sum(1 for c in codes if c != 0))
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    failed = sum(1 for t in trials if t.state.name == "FAIL" and t.number not in retried)
+    return SearchOutcome(report, budget, states, sum(1 for c in codes if c != 0), failed)

@@ -70,7 +70,12 @@ def open_storage(url: str | None, out_dir: Path, retries: int) -> Any:
             warnings.simplefilter("ignore")   # heartbeat_interval is "experimental" (since 2.9)
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
                                               grace_period=GRACE_S, **{stale: retry_callback(retries)})
-    except Exception as e:  # a driver missing, a host that does not answer, a refused login: all one line
+    except ImportError as e:  # Optuna's words hide which driver: the cause names it
+        cause = e.__cause__ or e.__context__ or e
+        hint = "; PostgreSQL takes pip install 'psycopg[binary]'" if url.startswith("postgresql") else ""
+        raise SearchError(f"--storage {redact(url)}: cannot open it: the database driver is missing "
+                          f"({first_line(cause)}){hint}") from None
+    except Exception as e:  # a host that does not answer, a refused login, a bad URL: all one line
         raise SearchError(f"--storage {redact(url)}: cannot open it: {first_line(e)}") from None
 
 

@@ -189,7 +189,9 @@ class Worker:
             held = [True]
             try:
                 self.reap()
-                if counted(self.study.get_trials(deepcopy=False)) >= self.job.budget:
+                trials = self.study.get_trials(deepcopy=False)
+                queued = any(t.state.name == "WAITING" for t in trials)   # references and retries: part of the budget
+                if not queued and counted(trials) >= self.job.budget:
                     return ran
 
                 def objective(trial: Any) -> Any:
