@@ -98,8 +98,9 @@ def test_without_optuna_the_command_names_the_extra(tmp_path, capsys, monkeypatc
 
 def test_a_trial_whose_training_fails_is_recorded_and_the_search_goes_on(tmp_path):
     """A setting the trainer rejects only once it has the data (a batch larger than the data set) fails each trial
-    with its reason; every trial is tried, the report lists them."""
-    path = _write(tmp_path, trials=2, set={**SEARCH["set"], "data.batch_size": 128})
+    with its reason; every trial is tried, the report lists them. (On a grid: its two points are the references.)"""
+    path = _write(tmp_path, trials=None, sampler={"name": "grid"}, space={"by": "model", "r_choices": [16]},
+                  set={**SEARCH["set"], "data.batch_size": 128})
     out = tmp_path / "out"
     rc = subprocess.run([sys.executable, "-m", "se_inject_cli", "search", str(path), "-o", str(out)], cwd=ROOT,
                         env=_env(), capture_output=True, text=True, timeout=300)
@@ -109,6 +110,7 @@ def test_a_trial_whose_training_fails_is_recorded_and_the_search_goes_on(tmp_pat
     reason = "seed 42: ConfigError: data.batch_size = 128: 64 samples cannot fill one batch of 128"
     assert all(t.user_attrs["fail_reason"].startswith(reason) for t in study.trials)
     assert (out / "report.md").read_text().count(reason) == 2
+    assert {r["reference"] for r in csv.DictReader((out / "trials.csv").open())} == {"baseline", "paper"}
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -298,3 +300,10 @@ def test_two_workers_share_a_postgresql_study_and_a_killed_worker_is_retried(tmp
     folders = [t.user_attrs["folder"] for t in complete]
     assert len(set(folders)) == 4
     assert "postgresql://postgres@127.0.0.1" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("examples/search_*.yaml")), ids=lambda p: p.name)
+def test_example_search_files_are_valid(path):
+    from trainers.search import load_search
+    spec = load_search(path)
+    assert spec.backbone and spec.objectives[0] == "error"

@@ -37,7 +37,7 @@ from se_inject.errors import SEInjectError
 from se_inject.files import write_atomically
 
 from ..launch import run_training, train_command
-from .model import build_space
+from .model import build_space, references
 from .spec import SearchSpec
 from .storage import BudgetLock, open_storage, retry_callback
 
@@ -171,12 +171,14 @@ class Worker:
         study = optuna.load_study(study_name=self.spec.study, storage=self.storage)
         # Each worker's sampler draws its own numbers: the file's seed, moved by the worker's index and by how far
         # the study has got (workers with one seed would propose the same points, and so would a rerun).
+        # (Not the grid's: its seed orders the grid, and every worker must see the same order.)
         seed = self.spec.file.sampler.seed
-        if seed is not None:
+        if seed is not None and self.spec.sampler_name != "grid":
             seed += 1009 * index + 7919 * len(study.get_trials(deepcopy=False))
         self.study = optuna.load_study(study_name=self.spec.study, storage=self.storage,
                                        sampler=make_sampler(self.spec, self.space, seed), pruner=make_pruner(self.spec))
         self.lock = BudgetLock(self.storage, job.storage, job.out_dir, self.spec.study)
+        self.references = references(self.space, self.spec.source)
         self.identity = process_identity()
         self.prunes = len(self.spec.objectives) == 1 and self.spec.pruner.name != "none"
 
@@ -262,7 +264,7 @@ class Worker:
         trial.set_user_attr("error", error)
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
         values = {"error": error, "params": cost.params_added, "macs": cost.macs_added, "latency": latency}
-        ref = trial.user_attrs.get("reference")
+        ref = trial.user_attrs.get("reference") or next((n for n, p in self.references.items() if p == point), None)
         again = f", as trial {same.number} (not trained again)" if same is not None else ""
         self.echo(f"trial {trial.number}{f' ({ref})' if ref else ''}: {self.space.describe(point)}: top-1 error "
                   f"{error:.2f}%, +{cost.params_added:,} params{again} [worker {self.index}, "
