@@ -210,6 +210,9 @@ def test_killed_command_resumes_with_every_trial_counted_once(tmp_path):
     assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters()) == \
         int(point["params_added"])
 
+    (out / "report.md").unlink()                                  # se-inject report DIR: written again from the study
+    assert cli(["report", str(out)]) == 0 and "## Pareto front" in (out / "report.md").read_text()
+
     from optuna_dashboard import wsgi
     from optuna_dashboard._storage_url import get_storage
     summaries = json.loads(_get(wsgi(get_storage(str(out / "study.journal"))), "/api/studies"))["study_summaries"]
@@ -307,3 +310,19 @@ def test_example_search_files_are_valid(path):
     from trainers.search import load_search
     spec = load_search(path)
     assert spec.backbone and spec.objectives[0] == "error"
+
+
+def test_a_pruner_stops_trials_from_their_per_epoch_error(tmp_path):
+    """One objective: each epoch's validation error is reported to the trial as the trainer writes it, and the
+    pruner's verdict stops the training (SIGTERM: it checkpoints and exits) and prunes the trial."""
+    path = _write(tmp_path, trials=2, objectives=["error"], pruner={"name": "threshold", "options": {"upper": 0.0}},
+                  set={**SEARCH["set"], "run.epochs": 3})
+    out = tmp_path / "out"
+    assert cli(["search", str(path), "-o", str(out)]) == 0
+    study = _study(out)
+    assert _states(study) == {"PRUNED": 2}
+    for t in study.trials:
+        assert list(t.intermediate_values) == [0] and t.user_attrs["pruned"].startswith("pruned after epoch 0 (seed 42)")
+        history = (out / t.user_attrs["folder"] / "seed42" / "metrics.jsonl").read_text().splitlines()
+        assert len(history) == 1                                # stopped after its first of three epochs
+        assert "SIGTERM" in (out / t.user_attrs["folder"] / "seed42" / "train.log").read_text()

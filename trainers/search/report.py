@@ -65,8 +65,10 @@ def trial_rows(study: Any, description: dict[str, Any]) -> list[dict[str, Any]]:
         point = decode(dims, t.params, description["ordinal"])
         errors = t.user_attrs.get("errors") or []
         retried = t.system_attrs.get("failed_trial")
+        same = t.user_attrs.get("same_as")
         note = (t.user_attrs.get("fail_reason") or t.user_attrs.get("infeasible") or t.user_attrs.get("pruned")
-                or (f"retry of trial {retried}" if retried is not None else ""))
+                or (f"retry of trial {retried}" if retried is not None else "")
+                or (f"the point of trial {same}: its results, not trained again" if same is not None else ""))
         rows.append({
             "trial": t.number, "state": t.state.name.lower(), "reference": _reference(t, refs, point), **point,
             "params_added": t.user_attrs.get("params_added"), "macs_added": t.user_attrs.get("macs_added"),

@@ -29,7 +29,7 @@ from .spec import SearchSpec, load_search
 from .storage import BudgetLock, dashboard_hint, open_storage, redact
 from .worker import Job, counted, make_pruner, make_sampler
 
-__all__ = ["run_search", "prepare", "SearchOutcome", "STUDY_KEY", "JOB"]
+__all__ = ["run_search", "prepare", "rebuild_report", "SearchOutcome", "STUDY_KEY", "JOB"]
 
 #: the study user attribute describing the search it was made for (dimensions, objectives, references)
 STUDY_KEY = "se_inject.search"
@@ -159,3 +159,16 @@ def run_search(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     failed = sum(1 for t in trials if t.state.name == "FAIL" and t.number not in retried)
     return SearchOutcome(report, budget, states, sum(1 for c in codes if c != 0), failed)
+
+
+def rebuild_report(out_dir: Path) -> Path:
+    """Write a search's report again from its study (``se-inject report DIR``): no model, no training."""
+    from .report import write_report
+    optuna = require_optuna()
+    job = Job.read(out_dir / JOB)
+    storage = open_storage(job.storage, out_dir, job.spec.file.retries)
+    try:
+        study = optuna.load_study(study_name=job.spec.study, storage=storage)
+    except KeyError:
+        raise SearchError(f"{out_dir}: no study {job.spec.study!r} in its storage yet: run the search first") from None
+    return write_report(out_dir, study, job.spec, study.user_attrs[STUDY_KEY], job.storage)

@@ -50,7 +50,7 @@ OBJECTIVES: dict[str, str] = {
     "latency": "forward time (ms) of the model with the point's blocks",
 }
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid", "cmaes", "gp")
-PRUNERS = ("none", "median", "successive-halving", "hyperband")
+PRUNERS = ("none", "median", "successive-halving", "hyperband", "threshold")
 
 Objective = Literal[tuple(OBJECTIVES)]
 Gate = Literal[tuple(GATES)]
@@ -117,7 +117,8 @@ class SamplerConfig:
 @dataclass(frozen=True)
 class PrunerConfig:
     name: Literal[PRUNERS] = field(default="none", metadata=_help(  # type: ignore[valid-type]
-        "Optuna pruner stopping poor trials from their per-epoch validation error (one objective only)."))
+        "Optuna pruner stopping poor trials from their per-epoch validation error (one objective only); threshold "
+        "stops a trial above options.upper (% error)."))
     options: dict[str, Any] = field(default_factory=dict, metadata=_help(
         "Keyword arguments of the pruner, e.g. {n_warmup_steps: 1}.", expected="a mapping argument -> value"))
 

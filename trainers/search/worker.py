@@ -116,7 +116,8 @@ def pruners() -> dict[str, Any]:
     import optuna
     p = optuna.pruners
     return {"none": lambda o: p.NopPruner(), "median": lambda o: p.MedianPruner(**o),
-            "successive-halving": lambda o: p.SuccessiveHalvingPruner(**o), "hyperband": lambda o: p.HyperbandPruner(**o)}
+            "successive-halving": lambda o: p.SuccessiveHalvingPruner(**o), "hyperband": lambda o: p.HyperbandPruner(**o),
+            "threshold": lambda o: p.ThresholdPruner(**o)}
 
 
 def make_sampler(spec: SearchSpec, space: Any, seed: int | None = None) -> Any:
