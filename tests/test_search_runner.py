@@ -265,9 +265,10 @@ def postgres():
 
 def test_two_workers_share_a_postgresql_study_and_a_killed_worker_is_retried(tmp_path, postgres):
     """The several-machines path on a real server: two worker processes on one study, each trial run once; one
-    worker killed with SIGKILL mid-trial has its trial failed and retried by the other."""
+    worker killed with SIGKILL mid-trial has its trial failed and retried by the other. (Objectives: error and
+    measured latency, under a latency limit every point meets.)"""
     import optuna
-    path = _write(tmp_path, trials=4)
+    path = _write(tmp_path, trials=4, objectives=["error", "latency"], constraints={"max_latency_ms": 10000})
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "se_inject_cli", "search", str(path), "-o", str(out), "--workers", "2",
            "--storage", postgres]
@@ -303,6 +304,8 @@ def test_two_workers_share_a_postgresql_study_and_a_killed_worker_is_retried(tmp
     folders = [t.user_attrs["folder"] for t in complete]
     assert len(set(folders)) == 4
     assert "postgresql://postgres@127.0.0.1" in (out / "report.md").read_text()
+    assert all(0 < t.values[1] == t.user_attrs["latency_ms"] < 10000 for t in complete)
+    assert "## Pareto front: top-1 error against forward latency" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("path", sorted(ROOT.glob("examples/search_*.yaml")), ids=lambda p: p.name)

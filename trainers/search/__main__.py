@@ -1,6 +1,7 @@
-"""``python -m trainers.search FILE -o DIR``: the same as ``se-inject search``."""
+"""``python -m trainers.search FILE -o DIR [--workers N] ...`` (same as ``se-inject search``)."""
 import sys
 
-from .cli import main
+from trainers.search.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,16 +53,17 @@ def pareto(points: Sequence[Sequence[float]]) -> list[int]:
     return front
 
 
-def _reference(t: Any, refs: dict[str, dict[str, Any]], point: dict[str, Any]) -> str:
-    return t.user_attrs.get("reference") or next((name for name, p in refs.items() if p == point), "")
-
-
 def trial_rows(study: Any, description: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per trial: its point, costs, error and state."""
     dims, refs = description["dims"], description["references"]
+    trials = study.get_trials(deepcopy=False)
+    # references are queued trials marked as such; on a grid (nothing queued) they are the grid's points
+    queued = any("reference" in t.user_attrs for t in trials)
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         point = decode(dims, t.params, description["ordinal"])
+        reference = t.user_attrs.get("reference") or ("" if queued else
+                                                      next((n for n, p in refs.items() if p == point), ""))
         errors = t.user_attrs.get("errors") or []
         retried = t.system_attrs.get("failed_trial")
         same = t.user_attrs.get("same_as")
@@ -70,12 +71,13 @@ def trial_rows(study: Any, description: dict[str, Any]) -> list[dict[str, Any]]:
                 or (f"retry of trial {retried}" if retried is not None else "")
                 or (f"the point of trial {same}: its results, not trained again" if same is not None else ""))
         rows.append({
-            "trial": t.number, "state": t.state.name.lower(), "reference": _reference(t, refs, point), **point,
+            "trial": t.number, "state": t.state.name.lower(), "reference": reference, **point,
             "params_added": t.user_attrs.get("params_added"), "macs_added": t.user_attrs.get("macs_added"),
             "latency_ms": t.user_attrs.get("latency_ms"),
             "top1_err": t.user_attrs.get("error") if t.state.name == "COMPLETE" else None,
             "errors": ";".join(f"{e:.2f}" for e in errors), "seconds": t.user_attrs.get("seconds"),
-            "note": note, "folder": t.user_attrs.get("folder", ""), "policy": t.user_attrs.get("policy")})
+            "note": note, "folder": t.user_attrs.get("folder", ""), "policy": t.user_attrs.get("policy"),
+            "same_as": same})
     return rows
 
 
@@ -164,7 +166,8 @@ def write_report(out_dir: Path, study: Any, spec: SearchSpec, description: dict[
                "seconds", "note", "folder"]
     _write_csv(out_dir / "trials.csv", rows, columns)
 
-    complete = [r for r in rows if r["state"] == "complete" and r["top1_err"] is not None]
+    # a trial that drew an already trained point carries that trial's results: one dot, one front entry
+    complete = [r for r in rows if r["state"] == "complete" and r["top1_err"] is not None and r["same_as"] is None]
     cost_objectives = [o for o in objectives if o != "error"]
     front_keys = ["top1_err" if o == "error" else COST_COLUMNS[o][0] for o in objectives]
     if len(objectives) == 1:   # one objective: the front of error against what the points add
@@ -188,7 +191,7 @@ def write_report(out_dir: Path, study: Any, spec: SearchSpec, description: dict[
         write_atomically(best / name, lambda tmp, text=text: Path(tmp).write_text(text))
     _write_csv(out_dir / "pareto.csv", front, ["trial", "reference", *dims, "params_added", "macs_added", "latency_ms",
                                                "top1_err", "errors", "policy_file"])
-    title = f"{spec.name}: {spec.backbone}, {len(complete)} trained points"
+    title = f"{spec.backbone}: {len(complete)} trained points, front {len(front)}"
     _plot(out_dir / "pareto.png", complete, front, x_key, x_label, title)
 
     report = out_dir / "report.md"
@@ -239,8 +242,8 @@ def _markdown(out_dir: Path, spec: SearchSpec, description: dict[str, Any], rows
             lines.append(f"| {r['reference']} (trial {r['trial']}) | {_placement(_point(r, dims), keys)} | "
                          f"{_fmt(r['params_added'])} | {_fmt(r['macs_added'])} | {_fmt(r['top1_err'], '.2f')} | "
                          f"{r['state']} |")
-    axis = {"params_added": "parameters", "macs_added": "MACs", "latency_ms": "latency"}[x_key]
-    lines += ["", f"## Pareto front: top-1 error against {axis} added", "",
+    axis = {"params_added": "parameters added", "macs_added": "MACs added", "latency_ms": "forward latency"}[x_key]
+    lines += ["", f"## Pareto front: top-1 error against {axis}", "",
               f"Per point: the stages (dimensions) that carry SE and their r, and the error difference to "
               f"`{base_name}` (points; " + ("mean over the seeds, outside or within seed noise: twice the standard "
                                             "error of the difference" if len(seeds) > 1 else

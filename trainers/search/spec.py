@@ -237,6 +237,11 @@ def from_mapping(data: Mapping[str, Any], *, source: str, sets: Sequence[str] = 
     sources = {}
     for item in sets:
         sources[_set(data, item)] = f"--set {item}"
+    policy = (data.get("space") or {}).get("policy") if isinstance(data.get("space"), dict) else None
+    if isinstance(policy, str) and policy.endswith((".yaml", ".yml")) and not Path(policy).is_absolute():
+        beside = Path(source).parent / policy   # a policy file next to the search file
+        if beside.exists():
+            data["space"] = {**data["space"], "policy": str(beside)}
     if trials is not None:
         data["trials"] = trials
         sources["trials"] = f"--trials {trials}"
