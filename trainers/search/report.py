@@ -59,6 +59,7 @@ def trial_rows(study: Any, description: dict[str, Any]) -> list[dict[str, Any]]:
     trials = study.get_trials(deepcopy=False)
     # references are queued trials marked as such; on a grid (nothing queued) they are the grid's points
     queued = any("reference" in t.user_attrs for t in trials)
+    retried_numbers = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     rows = []
     for t in trials:
         point = decode(dims, t.params, description["ordinal"])
@@ -67,7 +68,9 @@ def trial_rows(study: Any, description: dict[str, Any]) -> list[dict[str, Any]]:
         errors = t.user_attrs.get("errors") or []
         retried = t.system_attrs.get("failed_trial")
         same = t.user_attrs.get("same_as")
-        note = (t.user_attrs.get("fail_reason") or t.user_attrs.get("infeasible") or t.user_attrs.get("pruned")
+        stale = ("no heartbeat for a minute: its worker is gone (Optuna's heartbeat); queued again"
+                 if t.state.name == "FAIL" and t.number in retried_numbers else "")
+        note = (t.user_attrs.get("fail_reason") or stale or t.user_attrs.get("infeasible") or t.user_attrs.get("pruned")
                 or (f"retry of trial {retried}" if retried is not None else "")
                 or (f"the point of trial {same}: its results, not trained again" if same is not None else ""))
         rows.append({

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from se_inject.errors import SearchError
+from se_inject.errors import SearchError, SEInjectError
 from se_inject.search._optuna import require_optuna
 
 from ..compare.slots import plan_slots, visible_gpus
@@ -27,7 +27,7 @@ from ..launch import die_with_parent
 from .model import build_space, encode, references
 from .spec import SearchSpec, load_search
 from .storage import BudgetLock, dashboard_hint, open_storage, redact
-from .worker import Job, counted, make_pruner, make_sampler
+from .worker import Job, Worker, counted, make_pruner, make_sampler
 
 __all__ = ["run_search", "prepare", "rebuild_report", "SearchOutcome", "STUDY_KEY", "JOB"]
 
@@ -65,8 +65,10 @@ def _describe(spec: SearchSpec, space: Any, refs: dict[str, dict[str, Any]], bud
             "base_policy": space.base.source, "space_table": str(space), "input_size": list(space.input_size)}
 
 
-def prepare(spec: SearchSpec, out_dir: Path, storage_url: str | None, echo=print) -> tuple[Any, Any, int, dict[str, Any]]:
-    """Check the search and set its study up (references queued); ``(study, storage, budget, description)``."""
+def prepare(spec: SearchSpec, out_dir: Path, storage_url: str | None,
+            echo=print) -> tuple[Any, Any, int, dict[str, Any], Any]:
+    """Check the search and set its study up (references queued);
+    ``(study, storage, budget, description, searched model)``."""
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     searched = build_space(spec)
@@ -102,12 +104,13 @@ def prepare(spec: SearchSpec, out_dir: Path, storage_url: str | None, echo=print
     echo(f"{spec.name}: {spec.backbone}, {len(space.dims)} dimensions, {len(space):,} points; {budget} trials "
          f"({counted(study.get_trials(deepcopy=False))} in the study), sampler {spec.sampler_name}, pruner "
          f"{spec.pruner.name}, objectives {', '.join(spec.objectives)}; {dashboard_hint(storage_url, out_dir)}")
-    return study, storage, budget, description
+    return study, storage, budget, description, searched
 
 
-def _spawn(job_path: Path, count: int, threads: int, groups: tuple[tuple[str, ...], ...]) -> list[subprocess.Popen]:
+def _spawn(job_path: Path, count: int, threads: int, groups: tuple[tuple[str, ...], ...],
+           first: int = 0) -> list[subprocess.Popen]:
     procs = []
-    for i in range(count):
+    for i in range(first, count):
         env = dict(os.environ)
         env["OMP_NUM_THREADS"] = str(threads)
         env["PYTHONUNBUFFERED"] = "1"
@@ -128,7 +131,7 @@ def run_search(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     require_optuna()
     spec = load_search(path, sets, trials)
     out = Path(out_dir)
-    study, _, budget, description = prepare(spec, out, storage, echo)
+    study, _, budget, description, searched = prepare(spec, out, storage, echo)
     from trainers.config import load_config
     device = load_config(spec.config, spec.overrides).run.device
     nproc = spec.file.launch.nproc_per_node
@@ -140,9 +143,25 @@ def run_search(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
         (out / "command.txt").write_text(command + "\n")
     echo(f"{workers} worker{'s' if workers > 1 else ''}: {plan.describe()}")
     start = time.perf_counter()
-    procs = _spawn(out / JOB, workers, plan.threads, plan.groups)
+    # On the CPU, worker 0 is this process (its model and space are made already); on GPUs every worker is a
+    # process of its own, pinned to its GPUs before CUDA starts.
+    inline = not plan.groups
+    procs = _spawn(out / JOB, workers, plan.threads, plan.groups, first=1 if inline else 0)
     try:
-        codes = [p.wait() for p in procs]
+        codes = []
+        if inline:
+            import torch
+            torch.set_num_threads(plan.threads)   # what the worker itself runs: latency measurements
+            def say(line: str) -> None:
+                echo(line)
+                sys.stdout.flush()
+            try:
+                Worker(job, 0, echo=say, searched=searched).run()
+                codes.append(0)
+            except SEInjectError as e:
+                print(f"search worker 0: {type(e).__name__}: {e}", file=sys.stderr)
+                codes.append(2)
+        codes += [p.wait() for p in procs]
     except BaseException:   # Ctrl-C or SIGTERM: the workers (and their trainings) stop too
         for p in procs:
             if p.poll() is None:

@@ -37,7 +37,7 @@ from se_inject.errors import SEInjectError
 from se_inject.files import write_atomically
 
 from ..launch import run_training, train_command
-from .model import build_space, references
+from .model import SearchModel, build_space, references
 from .spec import SearchSpec
 from .storage import BudgetLock, open_storage, retry_callback
 
@@ -60,9 +60,11 @@ def _read(path: str) -> str:
 
 
 def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid, unique."""
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid, unique.
+    Empty when no such process runs (a zombie, dead but not yet waited for by its parent, runs no more)."""
     stat = _read(f"/proc/{pid}/stat")
-    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""
+    fields = stat.rsplit(")", 1)[-1].split() if stat else []
+    return fields[19] if fields and fields[0] not in ("Z", "X") else ""
 
 
 def process_identity(pid: int | None = None) -> dict[str, Any]:
@@ -160,13 +162,13 @@ class Job:
 class Worker:
     """Runs trials of the job's study until the budget is spent."""
 
-    def __init__(self, job: Job, index: int = 0, echo=print) -> None:
+    def __init__(self, job: Job, index: int = 0, echo=print, searched: SearchModel | None = None) -> None:
         import optuna
         optuna.logging.set_verbosity(optuna.logging.ERROR)   # each trial's outcome is one line of ours
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
         self.job, self.spec, self.index, self.echo = job, job.spec, index, echo
-        self.searched = build_space(self.spec)
+        self.searched = searched or build_space(self.spec)
         self.space = self.searched.space
         self.storage = open_storage(job.storage, job.out_dir, self.spec.file.retries)
         study = optuna.load_study(study_name=self.spec.study, storage=self.storage)
@@ -184,8 +186,11 @@ class Worker:
         self.prunes = len(self.spec.objectives) == 1 and self.spec.pruner.name != "none"
 
     # -- the loop ---------------------------------------------------------------------------------
-    def run(self) -> int:
-        """Trials until the budget is spent; the number this worker ran."""
+    def run(self, poll_s: float = 2.0) -> int:
+        """Trials until the budget is spent and no trial runs any more; the number this worker ran.
+
+        With the budget spent, a worker waits while other trials run: one whose worker dies is queued again,
+        and a waiting worker runs it (the study ends complete, not with a dead worker's trial still RUNNING)."""
         ran = 0
         while True:
             self.lock.acquire()
@@ -195,7 +200,12 @@ class Worker:
                 trials = self.study.get_trials(deepcopy=False)
                 queued = any(t.state.name == "WAITING" for t in trials)   # references and retries: part of the budget
                 if not queued and counted(trials) >= self.job.budget:
-                    return ran
+                    if not any(t.state.name == "RUNNING" for t in trials):
+                        return ran
+                    self.lock.release()
+                    held[0] = False
+                    time.sleep(poll_s)
+                    continue
 
                 def objective(trial: Any) -> Any:
                     self.storage.set_trial_system_attr(trial._trial_id, WORKER, self.identity)
@@ -214,6 +224,7 @@ class Worker:
     def reap(self) -> None:
         """Fail and re-queue the RUNNING trials whose process is gone from this machine (under the lock, a trial
         not yet marked is one whose worker died between asking and marking)."""
+        import optuna
         from optuna.trial import TrialState
         retry = retry_callback(self.spec.file.retries)
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -226,6 +237,8 @@ class Worker:
             if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 retry(self.study, self.storage.get_trial(trial_id))
                 self.echo(f"trial {t.number}: {why}; failed and queued again")
+        if isinstance(self.storage, optuna.storages.RDBStorage):   # after ours: this machine's dead say why
+            optuna.storages.fail_stale_trials(self.study)          # other machines': Optuna's heartbeat
 
     # -- one trial --------------------------------------------------------------------------------
     def objective(self, trial: Any) -> Any:
