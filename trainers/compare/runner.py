@@ -20,7 +20,7 @@ from pathlib import Path
 
 from se_inject.files import write_atomically
 
-from ..launch import LOG, out_of_memory, run_training, train_command  # noqa: F401 (LOG: the run's log name, as before)
+from ..launch import out_of_memory, run_training, train_command
 from .slots import SlotPlan, Slots, plan_slots, visible_gpus
 from .spec import CompareSpec, Run
 

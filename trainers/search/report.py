@@ -230,7 +230,7 @@ def _markdown(out_dir: Path, spec: SearchSpec, description: dict[str, Any], rows
         f"- objectives (minimised): {', '.join(f'{o} ({OBJECTIVES[o]})' for o in description['objectives'])}",
         f"- sampler {spec.sampler_name}, pruner {spec.pruner.name}; seeds {list(seeds)}; budget "
         f"{description['budget']} trials (the references included)",
-        f"- trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        "- trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         + (f" ({infeasible} of the pruned infeasible: over a limit, never trained)" if infeasible else ""),
         f"- study `{spec.study}` in {storage}: `optuna-dashboard "
         f"{redact(storage_url) if storage_url else out_dir / JOURNAL}` browses it",

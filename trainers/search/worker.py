@@ -301,7 +301,6 @@ class Worker:
         pruned_at: list[tuple[int, float]] = []
 
         def on_epoch(record: dict[str, Any]) -> bool:
-            nonlocal epochs
             err = record.get("top1_err")
             if err is None or not self.prunes:
                 return False
