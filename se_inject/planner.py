@@ -294,8 +294,8 @@ class Planning:
     macs_uncounted: bool = False  # MACs were asked for but no backend ran the forward
 
     def __post_init__(self) -> None:
-        # hashing a Site hashes every field: look each label up once, not once per decision
-        # and only sites of a considered kind can be gated or reported as skipped
+        # The sites a policy can gate or report as skipped (those of a considered kind) with their labels, looked
+        # up once here: a Site hashes every one of its fields, and a search decides for hundreds of policies.
         self._considered = [(s, self.labels[s]) for s in self.sites if s.kind in self.kinds]
         self._checked: set[tuple[str, Any]] = set()   # (key, glob or stage) found to match: checked once
 
