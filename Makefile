@@ -5,11 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.se-inject-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+# Debian's PostgreSQL server: tests/test_search_runner.py starts one in a temporary folder (the several-machines
+# path of `se-inject search`); only the test target needs it.
+POSTGRES := /usr/lib/postgresql
 DEMO_OUT ?= runs/demo
 
 CONSTRAINTS := constraints/dev.txt
 
-.PHONY: demo test venv data clean compat compat-usage
+.PHONY: demo test venv data postgres clean compat compat-usage
 
 venv: $(STAMP)
 
@@ -29,8 +32,13 @@ data: $(FASHION_MNIST)
 $(FASHION_MNIST):
 	apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
 
+postgres: $(POSTGRES)
+
+$(POSTGRES):
+	apt-get install -y postgresql || (apt-get update && apt-get install -y postgresql)
+
 # Two workers (CI has 2 cores); whole files per worker, so a file's module fixtures run once.
-test: $(STAMP) $(FASHION_MNIST)
+test: $(STAMP) $(FASHION_MNIST) $(POSTGRES)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # A separate venv per torch (.compat/torch-<version>, kept), the wheel installed into it, the engine's

@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import (CompressError, ExportError, KernelError, MissingExtraError, PolicyError, PretrainedError,
-                     SEInjectError, TraceError)
+                     SearchError, SEInjectError, TraceError)
 
 #: public name -> the module that defines it
 _LAZY = {"apply": "api", "plan": "api", "Plan": "planner", "Policy": "policy", "load_policy": "policy",
@@ -28,7 +28,7 @@ __all__ = ["apply", "plan", "Plan", "Policy", "load_policy", "list_presets", "Sq
            "export_onnx", "ExportReport", "se_nodes", "excitation_stats", "ExcitationStats", "prune", "fold", "fold_plan",
            "save_pretrained", "load_pretrained",
            "SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "PretrainedError",
-           "MissingExtraError"]
+           "MissingExtraError", "SearchError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
@@ -43,7 +43,13 @@ if TYPE_CHECKING:
     from .pretrained import load_pretrained, save_pretrained
 
 
+#: subpackages that load on first use too: ``se_inject.search.space(model)`` after ``import se_inject``
+_SUBPACKAGES = ("search",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
@@ -52,4 +58,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBPACKAGES))

@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "PretrainedError",
-           "MissingExtraError", "did_you_mean", "first_line"]
+           "MissingExtraError", "SearchError", "did_you_mean", "first_line"]
 
 
 class SEInjectError(Exception):
@@ -56,6 +56,11 @@ class MissingExtraError(SEInjectError, ImportError):
         super().__init__(message)
         self.extra = extra
         self.missing = missing
+
+
+class SearchError(SEInjectError, ValueError):
+    """A search space or a search (:mod:`se_inject.search`, ``se-inject search``) that cannot run as asked:
+    no site to search over, a bad choice, a constraint no point meets, a storage that cannot be opened."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -12,7 +12,8 @@ import sys
 
 #: command name -> module implementing it.
 COMMANDS: dict[str, str] = {name: f"se_inject_cli.commands.{name}" for name in (
-    "plan", "apply", "export", "policy", "backbones", "train", "compare", "report", "excitations", "prune", "fold")}
+    "plan", "apply", "export", "policy", "backbones", "train", "compare", "search", "report", "excitations", "prune",
+    "fold")}
 
 #: command -> the extra of the package it needs (:mod:`se_inject._extras`); checked before the command
 #: runs, so a missing one is a one-line error naming the extra, not a traceback half-way through.

@@ -53,6 +53,10 @@ def _print_once(line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from se_inject.errors import SEInjectError
 
+    from .launch import DIE_WITH_PARENT, die_with_parent
+    if os.environ.get(DIE_WITH_PARENT) == "1":  # started by a search worker (each rank, under torchrun)
+        die_with_parent()
+
     parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
-"""Run a comparison's matrix through the trainer, one ``torchrun`` per run (or one process per stacked
-group of runs); resumable.
+"""Run a comparison's matrix through the trainer, one ``torchrun`` per run (:mod:`trainers.launch`, the one
+way ``compare`` and ``search`` run trainings) or one process per stacked group of runs; resumable.
 
 A run is *finished* when its ``result.json`` exists: it is skipped on the next invocation. A run
 with checkpoints but no result (the comparison was killed) continues with ``--resume auto``. A run
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from se_inject.errors import SEInjectError
 from se_inject._extras import require
 from se_inject.files import write_atomically
 
+from ..launch import LOG, out_of_memory, reason, run_training, train_command
 from .slots import SlotPlan, Slots, plan_slots, visible_gpus
 from .spec import CompareSpec, Run
 
@@ -39,7 +39,7 @@ STACKS = "stacks"  # the folder of the stacked groups' logs and outcomes, in the
 
 __all__ = ["RunState", "RunStatus", "Unit", "run_matrix", "status_of", "launch_plan", "launch_units", "oom_advice"]
 
-RESULT, ERROR, LOG, META = "result.json", "error.txt", "train.log", "compare.json"
+RESULT, ERROR, META = "result.json", "error.txt", "compare.json"
 
 
 class RunState(StrEnum):
@@ -73,15 +73,8 @@ def status_of(out_dir: Path) -> RunState:
 
 
 def _command(spec: CompareSpec, run: Run) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc_per_node}",
-           "-m", "trainers.train"]
-    if spec.config:
-        cmd += ["--config", spec.config]
-    for item in (*spec.overrides, *run.overrides(), "run.progress=false"):
-        cmd += ["--set", item]
-    if status_of(run.out_dir) is RunState.INTERRUPTED:
-        cmd += ["--resume", "auto"]
-    return cmd
+    return train_command(spec.config, (*spec.overrides, *run.overrides(), "run.progress=false"),
+                         nproc_per_node=spec.nproc_per_node, resume=status_of(run.out_dir) is RunState.INTERRUPTED)
 
 
 def launch_plan(spec: CompareSpec, gpus: list[str] | None = None) -> SlotPlan:
@@ -197,19 +190,17 @@ def _run_one(spec: CompareSpec, run: Run, slots: Slots, echo) -> RunStatus:
     t0 = time.perf_counter()
     echo(f"start {run.key}" + (f" on GPU {','.join(devices)}" if devices else f" ({slots.plan.threads} CPU threads)"))
     try:
-        with open(run.out_dir / LOG, "a") as log:
-            proc = subprocess.run(_command(spec, run), stdout=log, stderr=subprocess.STDOUT, env=_env(slots.plan, devices))
+        finished = run_training(_command(spec, run), run.out_dir, _env(slots.plan, devices))
     finally:
         slots.release(devices)
     seconds = time.perf_counter() - t0
-    done = _done(run, meta, seconds, echo) if proc.returncode == 0 else None
+    done = _done(run, meta, seconds, echo) if finished.returncode == 0 else None
     if done is not None:
         return done
-    lines = (run.out_dir / LOG).read_text(errors="replace").strip().splitlines()
-    reason = _reason(lines) or f"exit status {proc.returncode}"
-    if devices is not None and _out_of_memory(lines):
-        reason = oom_advice(devices, slots.plan.per_group, reason)
-    return _failed(run, proc.returncode, reason, lines[-15:], seconds, echo)
+    why = finished.reason
+    if devices is not None and out_of_memory(finished.lines):
+        why = oom_advice(devices, slots.plan.per_group, why)
+    return _failed(run, finished.returncode, why, finished.lines[-15:], seconds, echo)
 
 
 def _failed(run: Run, status: int, reason: str, tail: list[str], seconds: float, echo) -> RunStatus:
@@ -253,8 +244,8 @@ def _run_group(spec: CompareSpec, unit: Unit, slots: Slots, echo) -> list[RunSta
     outcomes = json.loads(outcome_path.read_text()) if outcome_path.exists() else {}
     lines = log_path.read_text(errors="replace").strip().splitlines()
     shared = [line for line in lines if not line.startswith("[")]
-    group_reason = _reason(lines) or f"exit status {proc.returncode}"
-    if devices is not None and _out_of_memory(lines):
+    group_reason = reason(lines) or f"exit status {proc.returncode}"
+    if devices is not None and out_of_memory(lines):
         group_reason = oom_advice(devices, slots.plan.per_group, group_reason)
     statuses = []
     for run, meta, tag in zip(unit.runs, metas, run_tags([r.out_dir for r in unit.runs])):
@@ -267,25 +258,9 @@ def _run_group(spec: CompareSpec, unit: Unit, slots: Slots, echo) -> list[RunSta
         if done is not None:
             statuses.append(done)
             continue
-        reason = outcome.get("error") or group_reason
-        statuses.append(_failed(run, proc.returncode, reason, (own or shared)[-15:], seconds, echo))
+        why = outcome.get("error") or group_reason
+        statuses.append(_failed(run, proc.returncode, why, (own or shared)[-15:], seconds, echo))
     return statuses
-
-
-_ERROR_LINE = re.compile(r"^([\w.]+)?(Error|Exception|Interrupt)\w*: ")
-
-
-def _reason(lines: list[str]) -> str:
-    """The run's own one-line error (ours, or a traceback's last line), not torchrun's summary."""
-    found = [line for line in lines if _ERROR_LINE.match(line) and "ChildFailedError" not in line]
-    return found[0].strip()[:300] if found else ""
-
-
-_OOM = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_(ALLOC_FAILED|NOT_ENOUGH_WORKSPACE)")
-
-
-def _out_of_memory(lines: list[str]) -> bool:
-    return any(_OOM.search(line) for line in lines)
 
 
 def oom_advice(group: tuple[str, ...], per_group: int, error: str) -> str:
