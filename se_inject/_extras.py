@@ -26,8 +26,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("tqdm", "matplotlib"),                         # trainer, compare, report, excitation plots
     "prune": ("torch_pruning",),                             # se_inject.prune, se-inject prune
     "tensorboard": ("tensorboard",),                         # run.tensorboard=true
-    "search": ("optuna",),                                   # placement search (planned)
-    "hf": ("transformers",),                                 # Hugging Face models as a source (planned)
+    "search": ("optuna",),                                   # se_inject.search's suggest, se-inject search
+    "hf": ("transformers",),                                 # Hugging Face models as a source (hf:<model_type>)
 }
 
 

@@ -17,7 +17,7 @@ COMMANDS: dict[str, str] = {name: f"se_inject_cli.commands.{name}" for name in (
 
 #: command -> the extra of the package it needs (:mod:`se_inject._extras`); checked before the command
 #: runs, so a missing one is a one-line error naming the extra, not a traceback half-way through.
-NEEDS: dict[str, str] = {"export": "onnx", "train": "train", "compare": "train", "report": "train",
+NEEDS: dict[str, str] = {"export": "onnx", "train": "train", "compare": "train", "search": "search", "report": "train",
                          "excitations": "train", "prune": "prune"}
 
 

@@ -157,7 +157,7 @@ def test_a_python_entry_point_names_its_missing_extra(call, extra, what, tmp_pat
 # ---- the CLI: exit 2, one line ------------------------------------------------------------------
 
 CLI_ARGS = {"export": ["resnet18", "-o", "m.onnx"], "train": ["--config", "fashion-mnist"],
-            "compare": ["--config", "compare.yaml"], "report": ["runs"], "excitations": ["run"],
+            "compare": ["--config", "compare.yaml"], "search": ["search.yaml", "-o", "out"], "report": ["runs"], "excitations": ["run"],
             "prune": ["run", "--amount", "0.5", "-o", "p.pt"]}
 
 

@@ -92,8 +92,8 @@ def test_bad_input_is_one_line_before_any_training(tmp_path, capsys, args, messa
 def test_without_optuna_the_command_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)
     assert cli(["search", str(_write(tmp_path)), "-o", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == ("se-inject search: SearchError: searching needs Optuna, which is not installed: "
-                                       "pip install 'se-inject[search]'\n")
+    assert capsys.readouterr().err == ("se-inject search: MissingExtraError: se-inject search needs the search extra "
+                                       "(optuna not installed): pip install 'se-inject[search]'\n")
 
 
 def test_a_trial_whose_training_fails_is_recorded_and_the_search_goes_on(tmp_path):

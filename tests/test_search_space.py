@@ -10,7 +10,7 @@ import torch
 
 import se_inject
 from backbones import create_backbone
-from se_inject.errors import PolicyError, SearchError
+from se_inject.errors import MissingExtraError, PolicyError, SearchError
 from se_inject.policy import load_policy
 from se_inject.search import OFF, space
 
@@ -180,7 +180,8 @@ def test_without_optuna_a_space_prices_and_suggest_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)
     s = space(create_backbone("cifar_resnet8"), input_size=(3, 32, 32))
     assert s.cost(s.policy(next(s.points()))).params_added == 0 and s.cost_of(s.point_of("paper")).params_added > 0
-    with pytest.raises(SearchError, match=r"^searching needs Optuna, which is not installed: pip install 'se-inject\[search\]'$"):
+    with pytest.raises(MissingExtraError, match=r"^SearchSpace.suggest needs the search extra \(optuna not installed\): "
+                                               r"pip install 'se-inject\[search\]'$"):
         s.suggest(object())
 
 

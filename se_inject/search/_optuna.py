@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SearchError
 from ..schema import to_dict
 
 if TYPE_CHECKING:
@@ -19,20 +18,18 @@ __all__ = ["require_optuna", "suggest", "ConstraintsFunc", "CONSTRAINTS", "INFEA
 
 #: the trial user attribute holding a point's constraint values (<= 0: met), and the one saying why it is infeasible
 CONSTRAINTS, INFEASIBLE = "constraints", "infeasible"
-EXTRA = "pip install 'se-inject[search]'"
 
 
-def require_optuna() -> Any:
-    """The ``optuna`` module, or a one-line :class:`SearchError` naming the extra to install."""
-    try:
-        import optuna
-    except ImportError:
-        raise SearchError(f"searching needs Optuna, which is not installed: {EXTRA}") from None
+def require_optuna(for_: str = "se_inject.search") -> Any:
+    """The ``optuna`` module, or a one-line :class:`~se_inject.MissingExtraError` naming the extra to install."""
+    from .._extras import require
+    require("search", for_=for_)
+    import optuna
     return optuna
 
 
 def suggest(space: "SearchSpace", trial: Any, *, prune_infeasible: bool = True) -> "Policy":
-    optuna = require_optuna()
+    optuna = require_optuna("SearchSpace.suggest")
     point = {}
     for d in space.dims:
         if space.ordinal:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from se_inject._extras import require
 from se_inject.errors import SearchError, SEInjectError
 from se_inject.search._optuna import require_optuna
 
@@ -128,7 +129,8 @@ def run_search(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     from .report import write_report
     if workers < 1:
         raise SearchError(f"--workers {workers}: at least one worker runs the trials")
-    require_optuna()
+    require_optuna("se-inject search")
+    require("train", for_="se-inject search")
     spec = load_search(path, sets, trials)
     out = Path(out_dir)
     study, _, budget, description, searched = prepare(spec, out, storage, echo)
