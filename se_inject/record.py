@@ -83,10 +83,15 @@ class BlockRecord:
     init: str
     post_act: str | None
     kernels: str
+    holder: str = ""          # the owner's layer that runs the block on its output ("2": VGG's features.2.se), or ""
 
     @property
     def owner(self) -> str:
-        return self.module_path.rpartition(".")[0]
+        """The module whose graph has :attr:`node` (the holder's parent when the block sits inside a layer)."""
+        path = self.module_path.rpartition(".")[0]
+        if self.holder and (path == self.holder or path.endswith("." + self.holder)):
+            return path[:-len(self.holder)].rstrip(".")
+        return path
 
     @property
     def name(self) -> str:
@@ -175,7 +180,7 @@ def record_application(model: nn.Module, plan: "Plan") -> None:
         blocks.append(BlockRecord(
             module_path=p.module_path, label=p.label, kind=p.site.kind, node=p.site.node, node_op=node.op,
             node_target=node_target(node), fuse=p.site.fuse, fused=p.fused, stage=p.site.stage, r=p.r,
-            **block_fields(model.get_submodule(p.module_path))))
+            holder=p.holder, **block_fields(model.get_submodule(p.module_path))))
     add_application(model, Application(policy=plan.policy.to_dict(), policy_source=plan.policy.source,
                                        input_size=tuple(plan.input_size), root=plan.traced.root, blocks=tuple(blocks)))
 

@@ -106,12 +106,20 @@ def _placement(traced: TracedModel, b: BlockRecord) -> Placement:
     if channels != b.channels or len(spatial) != b.spatial_dims:
         raise PretrainedError(f"{where}: node {b.node!r} of {b.owner} ({owner}) gives a {shape} tensor, the record says "
                               f"{b.channels} channels ({b.layout}, {b.spatial_dims} spatial dims)")
-    taken = mg.module._modules.get(b.name) is not None or b.name in mg.module._parameters or \
-        mg.module.__dict__.get(b.name) is not None
+    try:
+        parent = mg.module.get_submodule(b.holder) if b.holder else mg.module
+    except AttributeError:
+        parent = None
+    if parent is None:
+        raise PretrainedError(f"{where}: {b.owner} ({owner}) has no layer {b.holder!r} to hold it: the base model is not "
+                              "the one saved")
+    taken = parent._modules.get(b.name) is not None or b.name in parent._parameters or \
+        parent.__dict__.get(b.name) is not None
     if taken:
-        raise PretrainedError(f"{where}: {b.owner} ({owner}) already has an attribute {b.name!r}")
+        raise PretrainedError(f"{where}: {'.'.join(p for p in (b.owner, b.holder) if p) or '<model>'} already has an "
+                              f"attribute {b.name!r}")
     site = Site(path=b.owner, kind=b.kind, node=b.node, channels=b.channels, layout=b.layout, spatial=spatial,
                 stage=b.stage, order=(mg.call.order, index), fuse=b.fuse)
     return Placement(site=site, label=b.label, r=b.r, reduced=b.reduced, name=b.name,
                      params=se_params(b.channels, b.reduced), macs=se_macs(b.channels, b.reduced, math.prod(spatial)),
-                     fused=b.fused)
+                     fused=b.fused, holder=b.holder)

@@ -37,6 +37,8 @@ def _round_trip(model, tmp_path, size, **save):
     ("timm:resnext26ts", {}, (3, 64, 64)),                 # ResNeXt: grouped convs
     ("tv:googlenet", {"num_classes": 10, "init_weights": False}, (3, 64, 64)),  # Inception: SE after the concats
     ("cifar_resnet20", {"num_classes": 10, "in_chans": 1}, (1, 28, 28)),  # the project's own
+    ("timm:vgg11_bn", {"num_classes": 10}, (3, 32, 32)),  # blocks inside the Sequential's layers (features.2.se)
+    ("timm:xception41", {"num_classes": 10}, (3, 96, 96)),  # blocks inside the branch's last layer (holder stack.conv3)
 ])
 def test_round_trip_by_name_is_bit_for_bit(tmp_path, name, kwargs, size):
     model = se_inject.apply(create_backbone(name, **kwargs), input_size=size)
