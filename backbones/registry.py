@@ -126,7 +126,15 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
 
     ``name`` is ``resnet50`` (own registry, then timm, then torchvision) or ``timm:resnet50`` /
     ``tv:resnet50`` / ``own:cifar_resnet20`` / ``hf:regnet`` (transformers: :mod:`backbones.hf`) to pick
-    the source.
+    the source. The model records how it was built
+    (:func:`se_inject.record.origin_of`), so that :func:`se_inject.save_pretrained` can write it down.
+
+        >>> from se_inject.record import origin_of
+        >>> origin_of(create_backbone("cifar_resnet20", num_classes=10)).describe()
+        'own:cifar_resnet20(num_classes=10)'
     """
     source, bare = resolve_backbone(name)
-    return SOURCES[source][1](bare, **kwargs)
+    model = SOURCES[source][1](bare, **kwargs)
+    # how to build it again: se_inject.save_pretrained writes it, load_pretrained reads it back
+    from se_inject.record import set_origin
+    return set_origin(model, source, bare, kwargs)

@@ -12,6 +12,7 @@
 #   4. trainer_one.txt       one ResNet-20 Fashion-MNIST run: GPU path (on-device data + CUDA graphs) vs DataLoader
 #   5. gpu_overhead_compiled.md  the training step under torch.compile
 #   6. share.txt             12 ResNet-20 runs sharing the GPU (benchmarks/configs/fashion_mnist_gpu_share.yaml)
+# Issue 26 (stacked runs, the whole step as one CUDA graph, the SE study) has its own call: gpu_stack_session.sh.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT to a folder}

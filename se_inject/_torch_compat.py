@@ -21,7 +21,8 @@ import torch.utils._pytree as pytree  # torch's pytree: the exporters' output or
 from torch import nn
 
 __all__ = ["pytree", "CodeOnlyModule", "format_import_block", "forward_from_src", "sys_importer", "MODULE_STATE",
-           "qualified_name", "drop_dotted_wraps", "plain_codegen", "fake_tensor_mode", "size_oblivious_export", "version_of",
+           "qualified_name", "drop_dotted_wraps", "plain_codegen", "FX_ASSERT_IS_NONE", "traceable_assert",
+           "fake_tensor_mode", "size_oblivious_export", "version_of",
            "ConvNd", "NormBase", "holds_data", "is_interpreted", "declare_op_kernels", "check"]
 
 # ---- torch.fx.graph_module: rebuilding a GraphModule from its generated code (pickling, deepcopy),
@@ -87,6 +88,13 @@ def plain_codegen(graph: fx.Graph) -> bool:
     return True
 
 
+#: what fx calls in a graph for an argument specialised to ``None`` (``concrete_args``); its
+#: ``value: object`` annotation is one TorchScript cannot read (tracing.assert_is_none replaces it)
+from torch.fx._symbolic_trace import _assert_is_none as FX_ASSERT_IS_NONE  # noqa: E402
+#: the assert fx writes for an argument fixed to a value, which fx records and TorchScript compiles
+traceable_assert = torch._assert
+
+
 def fake_tensor_mode() -> Any:
     """A FakeTensorMode that accepts real tensors (the model's weights) as inputs."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -143,6 +151,11 @@ def declare_op_kernels(op_name: str, kernels: tuple) -> None:
         table[op_name] = list(kernels)
 
 
+class _SpecialisedNone(nn.Module):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x
+
+
 def check() -> list[str]:
     """What moved or changed in this torch, one line each ([] when everything is where it was)."""
     problems = []
@@ -196,6 +209,13 @@ def check() -> list[str]:
         importlib.import_module("torch._library.triton")
     except Exception as e:
         problems.append(f"the kernels' private torch names moved (holds_data / torch._library.triton): {e}")
+    try:
+        graph = fx.Tracer().trace(_SpecialisedNone(), concrete_args={"mask": None})
+        if not any(n.target is FX_ASSERT_IS_NONE for n in graph.nodes):
+            problems.append("fx no longer asserts a None-specialised argument with _assert_is_none "
+                            "(tracing._scriptable_specialisations)")
+    except Exception as e:
+        problems.append(f"fx concrete_args=None tracing changed: {e}")
     for name in ("CodeOnlyModule", "format_import_block", "forward_from_src"):
         if globals().get(name) is None:
             problems.append(f"torch.fx.graph_module.{name} is gone")

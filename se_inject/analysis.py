@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._extras import require
 from .compress.stats import excitation_stats, se_blocks
 
 __all__ = ["Excitations", "record_excitations", "plot_excitations", "se_blocks"]
@@ -87,6 +88,7 @@ def plot_excitations(exc: Excitations, path: str | Path, *, blocks: Sequence[str
                      classes: Sequence[int] | None = None, class_names: Sequence[str] | None = None) -> Path:
     """Fig. 8's layout: one panel per block, mean activation per channel for the chosen classes and
     for all classes, with the block's spread across classes in its title."""
+    require("train", for_="se_inject.analysis.plot_excitations")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -10,6 +10,7 @@ from torch import nn
 from .errors import PolicyError
 from .planner import Plan, check_model, make_plan
 from .policy import Policy
+from .record import record_application
 from .rewrite import BlocksNotRun, rewrite
 
 __all__ = ["apply", "plan", "NothingInserted", "BlocksNotRun"]
@@ -58,7 +59,9 @@ def apply(model: nn.Module, policy: Policy | Plan | str | None = None, *, inplac
 
     A detector (torchvision's Faster R-CNN, RetinaNet, FCOS, SSD) gets SE in its backbone; a model
     whose forward fails on an image batch but has a ``backbone`` too. New blocks are in the mode of
-    the module that holds them (an ``eval()`` model gets eval-mode blocks).
+    the module that holds them (an ``eval()`` model gets eval-mode blocks). What was placed is recorded
+    on the model (:mod:`se_inject.record`): :func:`se_inject.save_pretrained` saves it as a folder that
+    :func:`se_inject.load_pretrained` rebuilds.
 
     Raises:
         SEInjectError: ``model`` is not a module instance (a class, a name, a state dict).
@@ -77,7 +80,9 @@ def apply(model: nn.Module, policy: Policy | Plan | str | None = None, *, inplac
         the_plan = policy
     else:
         the_plan = make_plan(target, policy, input_size=input_size, count_flops=False, **overrides)
-    return rewrite(target, _warn_if_empty(the_plan))
+    rewrite(target, _warn_if_empty(the_plan))
+    record_application(target, the_plan)  # what save_pretrained writes, so load_pretrained rebuilds it as it is
+    return target
 
 
 def _warn_if_empty(the_plan: Plan) -> Plan:

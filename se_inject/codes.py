@@ -33,6 +33,7 @@ class Code(StrEnum):
     LAYOUT_NOT_CHOSEN = "layout-not-chosen"
     NOT_INCLUDED = "not-included"
     EXCLUDED = "excluded"
+    LABEL_EXCLUDED = "label-excluded"
     FEW_CHANNELS = "few-channels"
     LAST_STAGE = "last-stage"
 
@@ -53,6 +54,7 @@ _MESSAGES = {
     Code.LAYOUT_NOT_CHOSEN: "layout not in the policy's layouts",
     Code.NOT_INCLUDED: "not matched by include",
     Code.EXCLUDED: "matched by exclude",
+    Code.LABEL_EXCLUDED: "label matched by exclude_labels",
     Code.FEW_CHANNELS: "fewer channels than min_channels",
     Code.LAST_STAGE: "last stage skipped (skip_last_stage)",
 }

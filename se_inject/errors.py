@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "did_you_mean",
-           "first_line"]
+__all__ = ["SEInjectError", "PolicyError", "TraceError", "ExportError", "KernelError", "CompressError", "PretrainedError",
+           "MissingExtraError", "SearchError", "did_you_mean", "first_line"]
 
 
 class SEInjectError(Exception):
@@ -37,6 +37,30 @@ class KernelError(SEInjectError, ValueError):
 class CompressError(SEInjectError, ValueError):
     """Pruning or folding (:mod:`se_inject.compress`) was given an argument, a model, statistics or
     calibration data it cannot use."""
+
+
+class PretrainedError(SEInjectError, ValueError):
+    """:func:`se_inject.save_pretrained` cannot record a model so that it can be rebuilt, or
+    :func:`se_inject.load_pretrained` cannot rebuild one from a folder (no config, a newer format,
+    weights that do not fit the recorded net, a base model it cannot build by name)."""
+
+
+class MissingExtraError(SEInjectError, ImportError):
+    """A feature was called whose optional dependencies (an extra of the package) are not installed.
+
+    ``extra`` is the extra to install (``pip install 'se-inject[onnx]'``), ``missing`` the modules
+    that were not found; the message says both (:func:`se_inject._extras.require`).
+    """
+
+    def __init__(self, message: str = "", *, extra: str = "", missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.extra = extra
+        self.missing = missing
+
+
+class SearchError(SEInjectError, ValueError):
+    """A search space or a search (:mod:`se_inject.search`, ``se-inject search``) that cannot run as asked:
+    no site to search over, a bad choice, a constraint no point meets, a storage that cannot be opened."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

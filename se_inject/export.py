@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._extras import require
 from .block import SqueezeExcite
 from ._torch_compat import pytree, size_oblivious_export
 from .errors import ExportError, TraceError
@@ -317,6 +318,7 @@ def export_onnx(
         ExportError: unwritable path, an input size the model rejects, a model neither exporter
             handles, or a failed check; nothing is left at ``path`` (nor temporary files).
     """
+    require("onnx", for_="se_inject.export_onnx")   # before any work: the dynamo exporter needs onnxscript
     start = time.perf_counter()
     path = _check_destination(Path(path))
     size = _check_size(input_size, model)

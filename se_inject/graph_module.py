@@ -164,7 +164,7 @@ def _rebuild_owner_graph_module(body: dict[str, Any], import_block: str, base: t
     :func:`se_inject.tracing.trace_module` (without it a specialised ``None`` argument breaks
     every later fx trace in the process).
     """
-    from .tracing import clean_wrapped_calls
+    from .tracing import assert_is_none, clean_wrapped_calls
     forward = _forward_from_src(import_block + (body.get("_code") or body["code"]), {})
     class_name = body.get("_graphmodule_cls_name", "GraphModule")
     state = {k: v for k, v in body.items() if k != "_graphmodule_cls_name"}
@@ -174,7 +174,7 @@ def _rebuild_owner_graph_module(body: dict[str, Any], import_block: str, base: t
     _Code.forward = forward
     com = _Code()
     com.__dict__.update(state)
-    graph = clean_wrapped_calls(_KeepModules().trace(com))
+    graph = clean_wrapped_calls(_KeepModules(autowrap_functions=(assert_is_none,)).trace(com))
     gm = OwnerGraphModule(com, graph, class_name=class_name)
     _adopt(gm, state, plain_only=False)
     return _become(gm, base)

@@ -30,6 +30,8 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 
+from ._extras import require
+
 __all__ = ["se_nodes", "name_nodes", "name_scoped_nodes", "name_folded_weights", "name_batch_dim",
            "fold_weight_reshapes", "SE_BLOCKS_KEY"]
 
@@ -186,6 +188,7 @@ def se_nodes(model_or_path) -> dict[str, list[str]]:
     ``se_inject.se_blocks`` metadata, else the nodes the dynamo exporter tagged as coming from a
     ``SqueezeExcite`` module.
     """
+    require("onnx", for_="se_inject.se_nodes")
     import onnx
     import onnx_ir as ir
 

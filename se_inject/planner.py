@@ -24,13 +24,15 @@ from .accounting import count_macs, count_params, se_macs, se_params
 from .block import reduced_channels
 from .codes import Code
 from .errors import PolicyError, SEInjectError, TraceError
+from .gated_layer import GATE_NAME
+from .holders import holder
 from .policy import Policy, load_policy
 from .preserve import preserved
 from .sites import Site, find_sites
 from .tracing import ForwardError, TracedModel, trace_model
 from .wrappers import FALLBACK_CHILD, backbone_path
 
-__all__ = ["Placement", "Skip", "Plan", "make_plan", "check_model", "FALLBACKS"]
+__all__ = ["Placement", "Skip", "Plan", "Planning", "make_plan", "check_model", "site_cost", "FALLBACKS"]
 
 #: when a model has no site of the policy's kinds (and ``conv_fallback`` is on), the first of these
 #: it has is gated: dense blocks' outputs (DenseNet, VoVNet), else conv->norm->act units (VGG).
@@ -40,7 +42,8 @@ FALLBACKS = (("concat", "dense-block outputs (concats that carry their input for
 
 @dataclass(frozen=True)
 class Placement:
-    """One SE block to insert: after ``site.node`` of ``site.path``, as attribute ``name``."""
+    """One SE block to insert: after ``site.node`` of ``site.path``, as attribute ``name`` of the owner,
+    or of its layer ``holder`` (a container's child: :mod:`se_inject.holders`)."""
     site: Site
     label: str        # SE_<stage>_<block>, the paper's naming (§6.3, Fig. 8)
     r: float
@@ -49,10 +52,11 @@ class Placement:
     params: int
     macs: int
     fused: bool       # shortcut + x * gate in one addcmul, replacing the add
+    holder: str = ""  # the owner's layer that runs the block on its output ("2" in VGG's features), "" = the owner
 
     @property
     def module_path(self) -> str:
-        return f"{self.site.path}.{self.name}" if self.site.path else self.name
+        return ".".join(p for p in (self.site.path, self.holder, self.name) if p)
 
 
 @dataclass(frozen=True)
@@ -143,20 +147,19 @@ class Plan:
         return "\n".join(parts)
 
 
-def _check_globs(policy: Policy, model: nn.Module) -> None:
+def _check_globs(policy: Policy, paths: list[str], model_class: str) -> None:
     """A glob that matches no module is a typo: say so instead of silently gating nothing."""
-    paths = [p for p, _ in model.named_modules() if p]
     for key, globs in (("include", policy.include), ("exclude", policy.exclude),
                        ("r_by_path", tuple(g for g, _ in policy.r_by_path))):
         for glob in globs:
             if not any(fnmatch.fnmatchcase(p, glob) for p in paths):
                 example = ", ".join(repr(p) for p in paths[:3])
                 raise PolicyError(f"{policy.source}: key {key!r}: glob {glob!r} matches no module of "
-                                  f"{type(model).__name__} (module paths look like {example})")
+                                  f"{model_class} (module paths look like {example})")
 
 
 def _skip_reason(site: Site, policy: Policy, chosen_kinds: tuple[str, ...],
-                 last_stage: int | None) -> tuple[Code, str] | None:
+                 last_stage: int | None, label: str | None = None) -> tuple[Code, str] | None:
     """``(code, message)`` of why ``policy`` leaves ``site`` alone, or None when it gets a block."""
     if site.status is not Code.OK:
         return site.status, site.reason
@@ -174,6 +177,8 @@ def _skip_reason(site: Site, policy: Policy, chosen_kinds: tuple[str, ...],
         return Code.NOT_INCLUDED, Code.NOT_INCLUDED.message
     if any(fnmatch.fnmatchcase(site.path, g) for g in policy.exclude):
         return Code.EXCLUDED, Code.EXCLUDED.message
+    if label is not None and any(fnmatch.fnmatchcase(label, g) for g in policy.exclude_labels):
+        return Code.LABEL_EXCLUDED, Code.LABEL_EXCLUDED.message
     if site.channels < policy.min_channels:
         return Code.FEW_CHANNELS, f"fewer than min_channels={policy.min_channels} channels"
     if policy.skip_last_stage and site.stage is not None and site.stage == last_stage:
@@ -210,6 +215,14 @@ def _attribute_names(placements: list[tuple[Site, Any]], traced: TracedModel) ->
             taken.add(name)
             names[site] = name
     return names
+
+
+def _holders(chosen: list[tuple[Site, Any]], traced: TracedModel) -> dict[Site, str]:
+    """Sites whose block goes inside the layer it gates (:mod:`se_inject.holders`), with that layer's
+    path below the owner; not where that layer is itself an owner the plan rewrites."""
+    owners = {site.path for site, _ in chosen}
+    found = {site: holder(site, traced) for site, _ in chosen}
+    return {site: h for site, h in found.items() if h and ".".join(filter(None, (site.path, h))) not in owners}
 
 
 def check_model(model: Any, caller: str = "se_inject.plan") -> nn.Module:
@@ -252,14 +265,139 @@ def _trace(model: nn.Module, input_size: tuple[int, ...] | None) -> TracedModel:
         return traced
 
 
-def _check_stages(policy: Policy, sites: list[Site], model: nn.Module) -> None:
-    """An ``r_per_stage`` entry for a stage the model does not have is a typo, like a glob that matches nothing."""
-    stages = sorted({s.stage for s in sites if s.stage is not None})
-    for stage, _ in policy.r_per_stage:
-        if stage not in stages:
-            have = ", ".join(map(str, stages)) or "none (no feature-map sites)"
-            raise PolicyError(f"{policy.source}: key 'r_per_stage': stage {stage} matches no site of "
-                              f"{type(model).__name__} (its stages: {have}; stage = log2 of input size / map size)")
+def _check_labels(policy: Policy, labels: list[str], model_name: str) -> None:
+    """A label glob that matches no site label is a typo, like a path glob that matches no module."""
+    for key, globs in (("exclude_labels", policy.exclude_labels), ("r_by_label", tuple(g for g, _ in policy.r_by_label))):
+        for glob in globs:
+            if not any(fnmatch.fnmatchcase(label, glob) for label in labels):
+                example = ", ".join(labels[:3]) or "none: the model has no site of the policy's kinds"
+                raise PolicyError(f"{policy.source}: key {key!r}: glob {glob!r} matches no site label of {model_name} "
+                                  f"(its labels look like {example}; `se-inject plan` lists them)")
+
+
+def site_cost(site: Site, r: float, policy: Policy) -> tuple[int, int, int]:
+    """``(reduced, params, macs)`` of the SE block ``policy`` puts at ``site`` with ratio ``r``."""
+    rd = reduced_channels(site.channels, r, policy.divisor, policy.min_reduced)
+    positions = 1
+    for d in site.spatial:
+        positions *= d
+    return rd, se_params(site.channels, rd), se_macs(site.channels, rd, positions)
+
+
+@dataclass
+class Planning:
+    """What a plan of one model knows before a policy picks sites: the trace, the sites, their labels.
+
+    Made once (:meth:`of` traces the model), it decides for any policy of the same ``kinds`` and
+    ``conv_fallback`` without tracing again: :func:`make_plan` is ``Planning.of(...).plan(policy)``, and
+    :mod:`se_inject.search` prices every point of a search space from one of these.
+    """
+    model_name: str
+    model_class: str
+    traced: TracedModel
+    sites: list[Site]
+    kinds: tuple[str, ...]        # the policy's kinds, plus the fallback kind when conv_fallback chose one
+    notes: list[str]
+    labels: dict[Site, str]       # every site of a considered kind, SE_<stage>_<block>
+    last_stage: int | None
+    params_before: int
+    macs_before: int | None
+    module_paths: list[str] = field(repr=False)
+    macs_uncounted: bool = False  # MACs were asked for but no backend ran the forward
+
+    def __post_init__(self) -> None:
+        # The sites a policy can gate or report as skipped (those of a considered kind) with their labels, looked
+        # up once here: a Site hashes every one of its fields, and a search decides for hundreds of policies.
+        self._considered = [(s, self.labels[s]) for s in self.sites if s.kind in self.kinds]
+        self._checked: set[tuple[str, Any]] = set()   # (key, glob or stage) found to match: checked once
+
+    @classmethod
+    def of(cls, model: nn.Module, policy: Policy, *, input_size: tuple[int, ...] | None = None,
+           count_flops: bool = True) -> "Planning":
+        """Trace ``model`` and find its sites (the policy's kinds and fallback decide which are considered)."""
+        check_model(model)
+        paths = [p for p, _ in model.named_modules() if p]
+        _check_globs(policy, paths, type(model).__name__)   # a typo fails before the trace
+        with preserved(model):
+            traced = _trace(model, input_size)
+            macs = count_macs(traced.module, traced.input_size) if count_flops else None
+        if traced.graphs and not any(g.ok for g in traced.graphs.values()):
+            path, first = next(iter(traced.graphs.items()))
+            raise TraceError(f"{type(model).__name__}: {first.error} (module {path or '<model>'}; no module of it could be "
+                             "traced, even inside its children: make the data-dependent branch a submodule or use torch.cond)")
+        sites = find_sites(traced)
+        notes = list(traced.notes)
+
+        kinds = policy.kinds
+        if policy.conv_fallback and not any(s.kind in kinds for s in sites):  # none at all (gated ones count)
+            for fallback, what in FALLBACKS:
+                # a fallback kind whose sites the model gates itself ends the search: its dense blocks are
+                # gated (VoVNet's ESE), gating every conv unit instead would put a second gate on them
+                if fallback not in kinds and any(s.kind == fallback and s.status in (Code.OK, Code.ALREADY_GATED)
+                                                 for s in sites):
+                    kinds = (*kinds, fallback)
+                    notes.append(f"no {'/'.join(policy.kinds)} site in this model: gating {what} (conv_fallback)")
+                    break
+
+        considered = [s for s in sites if s.kind in kinds]
+        stages = [s.stage for s in considered if s.status is Code.OK and s.stage is not None]
+        name = type(model).__name__ + (f".{traced.root}" if traced.root else "")
+        return cls(model_name=name, model_class=type(model).__name__, traced=traced, sites=sites, kinds=kinds,
+                   notes=notes, labels=_labels(considered), last_stage=max(stages) if stages else None,
+                   params_before=count_params(model), macs_before=macs, module_paths=paths,
+                   macs_uncounted=count_flops and macs is None)
+
+    def choose(self, policy: Policy) -> tuple[list[tuple[Site, float]], list[Skip]]:
+        """``(chosen, skipped)``: the sites ``policy`` gates with their r, and why it leaves the others."""
+        chosen: list[tuple[Site, float]] = []
+        skipped: list[Skip] = []
+        for site, label in self._considered:
+            why = _skip_reason(site, policy, self.kinds, self.last_stage, label)
+            if why is None:
+                chosen.append((site, policy.r_for(site.path, site.stage, label)))
+            else:
+                skipped.append(Skip(site, label, why[1], why[0]))
+        return chosen, skipped
+
+    def check(self, policy: Policy) -> None:
+        """What :func:`make_plan` checks of a policy against the model (globs, stages, labels), without tracing."""
+        asked = {("include", g) for g in policy.include} | {("exclude", g) for g in policy.exclude} \
+            | {("r_by_path", g) for g, _ in policy.r_by_path} | {("r_per_stage", s) for s, _ in policy.r_per_stage} \
+            | {("exclude_labels", g) for g in policy.exclude_labels} | {("r_by_label", g) for g, _ in policy.r_by_label}
+        if asked <= self._checked:  # a search prices many policies made of the same few globs
+            return
+        _check_globs(policy, self.module_paths, self.model_class)
+        stages = sorted({s.stage for s in self.labels if s.stage is not None})
+        for stage, _ in policy.r_per_stage:
+            if stage not in stages:
+                have = ", ".join(map(str, stages)) or "none (no feature-map sites)"
+                raise PolicyError(f"{policy.source}: key 'r_per_stage': stage {stage} matches no site of "
+                                  f"{self.model_class} (its stages: {have}; stage = log2 of input size / map size)")
+        _check_labels(policy, list(self.labels.values()), self.model_class)
+        self._checked |= asked
+
+    def plan(self, policy: Policy) -> Plan:
+        """The :class:`Plan` of ``policy`` (same ``kinds`` and ``conv_fallback`` as the planning's)."""
+        self.check(policy)
+        chosen, skipped = self.choose(policy)
+        holders = _holders(chosen, self.traced)
+        names = _attribute_names([c for c in chosen if c[0] not in holders], self.traced)
+        names.update(dict.fromkeys(holders, GATE_NAME))
+        placements = []
+        for site, r in chosen:
+            rd, params, macs = site_cost(site, r, policy)
+            placements.append(Placement(site=site, label=self.labels[site], r=r, reduced=rd, name=names[site],
+                                        params=params, macs=macs,
+                                        fused=bool(site.fuse) and policy.fuse_add and site not in holders,
+                                        holder=holders.get(site, "")))
+        notes = list(self.notes)
+        if not placements:
+            notes.append(_why_nothing(self.sites, policy))
+        if self.macs_uncounted:
+            notes.append("MACs not counted: the forward runs neither on meta nor on fake tensors")
+        return Plan(model_name=self.model_name, policy=policy, input_size=self.traced.input_size, placements=placements,
+                    skipped=skipped, notes=notes, params_before=self.params_before, macs_before=self.macs_before,
+                    traced=self.traced)
 
 
 def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_size: tuple[int, ...] | None = None,
@@ -270,61 +408,7 @@ def make_plan(model: nn.Module, policy: Policy | str | None = None, *, input_siz
     policy = load_policy(policy)
     if overrides:
         policy = policy.replace(**overrides)
-    _check_globs(policy, model)
-    with preserved(model):
-        traced = _trace(model, input_size)
-        macs = count_macs(traced.module, traced.input_size) if count_flops else None
-    if traced.graphs and not any(g.ok for g in traced.graphs.values()):
-        path, first = next(iter(traced.graphs.items()))
-        raise TraceError(f"{type(model).__name__}: {first.error} (module {path or '<model>'}; no module of it could be "
-                         "traced, even inside its children: make the data-dependent branch a submodule or use torch.cond)")
-    sites = find_sites(traced)
-    notes = list(traced.notes)
-
-    kinds = policy.kinds
-    if policy.conv_fallback and not any(s.kind in kinds for s in sites):  # none at all (gated ones count)
-        for fallback, what in FALLBACKS:
-            # a fallback kind whose sites the model gates itself ends the search: its dense blocks are
-            # gated (VoVNet's ESE), gating every conv unit instead would put a second gate on them
-            if fallback not in kinds and any(s.kind == fallback and s.status in (Code.OK, Code.ALREADY_GATED)
-                                             for s in sites):
-                kinds = (*kinds, fallback)
-                notes.append(f"no {'/'.join(policy.kinds)} site in this model: gating {what} (conv_fallback)")
-                break
-
-    considered = [s for s in sites if s.kind in kinds]
-    _check_stages(policy, considered, model)
-    stages = [s.stage for s in considered if s.status is Code.OK and s.stage is not None]
-    last_stage = max(stages) if stages else None
-    labels = _labels(considered)
-
-    chosen: list[tuple[Site, float]] = []
-    skipped: list[Skip] = []
-    for site in sites:
-        why = _skip_reason(site, policy, kinds, last_stage)
-        if why is None:
-            chosen.append((site, policy.r_for(site.path, site.stage)))
-        elif site.kind in kinds:
-            skipped.append(Skip(site, labels.get(site, "-"), why[1], why[0]))
-    names = _attribute_names(chosen, traced)
-    placements = []
-    for site, r in chosen:
-        rd = reduced_channels(site.channels, r, policy.divisor, policy.min_reduced)
-        positions = 1
-        for d in site.spatial:
-            positions *= d
-        placements.append(Placement(
-            site=site, label=labels[site], r=r, reduced=rd, name=names[site],
-            params=se_params(site.channels, rd), macs=se_macs(site.channels, rd, positions),
-            fused=bool(site.fuse) and policy.fuse_add))
-
-    if not placements:
-        notes.append(_why_nothing(sites, policy))
-    if count_flops and macs is None:
-        notes.append("MACs not counted: the forward runs neither on meta nor on fake tensors")
-    name = type(model).__name__ + (f".{traced.root}" if traced.root else "")
-    return Plan(model_name=name, policy=policy, input_size=traced.input_size, placements=placements,
-                skipped=skipped, notes=notes, params_before=count_params(model), macs_before=macs, traced=traced)
+    return Planning.of(model, policy, input_size=input_size, count_flops=count_flops).plan(policy)
 
 
 def _why_nothing(sites: list[Site], policy: Policy) -> str:

@@ -61,6 +61,11 @@ def _glob_problem(globs: Any) -> str | None:
     return None if bad is None else f"{bad!r} is not a module-path glob such as 'layer4.*'"
 
 
+def _label_problem(globs: Any) -> str | None:
+    bad = next((g for g in globs if not g or not str(g).startswith(("SE_", "*", "?", "["))), None)
+    return None if bad is None else f"{bad!r} is not a site-label glob such as 'SE_5_*' (labels are SE_<stage>_<block>)"
+
+
 def _stage_problem(pairs: tuple[tuple[int, float], ...]) -> str | None:
     bad = next((s for s, _ in pairs if s < 0), None)
     return None if bad is None else f"stage {bad} must be an integer >= 0 (as in SE_<stage>_<block>)"
@@ -85,6 +90,11 @@ class Policy:
         "r for the sites whose owner module path matches a glob; first match wins, over r_per_stage.",
         expected="a mapping glob -> r, e.g. {'layer4.*': 32}", gt=0, finite=True,
         check=lambda pairs: _glob_problem(g for g, _ in pairs)))
+    r_by_label: tuple[tuple[str, Number], ...] = field(default=(), metadata=_doc(
+        "r for the sites whose label (SE_<stage>_<block>, as `se-inject plan` prints it) matches a glob; first "
+        "match wins, after r_by_path and over r_per_stage.",
+        expected="a mapping label glob -> r, e.g. {'SE_5_*': 32}", gt=0, finite=True,
+        check=lambda pairs: _label_problem(g for g, _ in pairs)))
     divisor: int = field(default=1, metadata=_doc(
         "Round C/r to a multiple of this: 1 = the paper, 8 = timm's seresnet/make_divisible.", min=1))
     min_reduced: int = field(default=1, metadata=_doc("Lower bound on the bottleneck width C/r.", min=1))
@@ -95,6 +105,10 @@ class Policy:
     exclude: tuple[str, ...] = field(default=(), metadata=_doc(
         "Skip owners whose module path matches one of these globs.",
         expected="a list of globs such as 'layer4.*'", check=_glob_problem))
+    exclude_labels: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Skip the sites whose label (SE_<stage>_<block>) matches one of these globs: 'SE_5_*' drops stage 5, "
+        "'SE_3_2' one block (what a search point turns off).",
+        expected="a list of label globs such as 'SE_5_*'", check=_label_problem))
     skip_last_stage: bool = field(default=False, metadata=_doc(
         "Drop the sites of the last stage (paper §4: ResNet-50's +10% params become ~4%, <0.1% top-1 cost)."))
     layouts: tuple[Layout, ...] = field(default=("nchw", "nhwc"), metadata=_doc(
@@ -135,11 +149,15 @@ class Policy:
         values = validate(Policy, overrides, source=self.source, sources=sources, error=PolicyError)
         return dataclasses.replace(self, **values)
 
-    def r_for(self, path: str, stage: int | None) -> float:
-        """The reduction ratio of one site: path glob first, then stage, then the global ``r``."""
+    def r_for(self, path: str, stage: int | None, label: str | None = None) -> float:
+        """The reduction ratio of one site: path glob first, then label glob, then stage, then the global ``r``."""
         for glob, r in self.r_by_path:
             if fnmatch.fnmatchcase(path, glob):
                 return r
+        if label is not None:
+            for glob, r in self.r_by_label:
+                if fnmatch.fnmatchcase(label, glob):
+                    return r
         return dict(self.r_per_stage).get(stage, self.r) if stage is not None else self.r
 
     def to_dict(self) -> dict[str, Any]:

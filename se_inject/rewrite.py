@@ -3,6 +3,9 @@
 Each owner (a timm ``Bottleneck``, an ``InceptionA``) is replaced by an
 :class:`~se_inject.graph_module.OwnerGraphModule` running its traced graph with the SE blocks
 inserted; every original parameter and buffer keeps its name, the new ones are ``<owner>.se.*``.
+A block the plan puts inside the layer it gates (a container's child: :mod:`se_inject.holders`)
+replaces that layer by a :func:`~se_inject.gated_layer.gate_layer` of it, at the same position, its
+block ``<layer>.se``; its owner is then left as it is, or rewritten for its other blocks.
 All replacements are built before the first is swapped in, and the rewritten model is checked by a
 meta forward: on any failure every swap is undone, so the model is never left half-rewritten.
 """
@@ -19,6 +22,7 @@ from torch import nn
 
 from .block import SqueezeExcite
 from .errors import TraceError
+from .gated_layer import gate_layer
 from .graph_module import OwnerGraphModule
 from .operators import fresh_output
 from .planner import Placement, Plan
@@ -151,59 +155,26 @@ def _chain(n: fx.Node) -> list[fx.Node]:
 def _children(owner: nn.Module, blocks: dict[str, SqueezeExcite], after: dict[str, str | None]
               ) -> "OrderedDict[str, nn.Module | None]":
     """The owner's children in their order, each SE right after the child that feeds it (timm's
-    ``seresnet`` order: ``bn3``, ``se``, ``act3``)."""
+    ``seresnet`` order: ``bn3``, ``se``, ``act3``); in a container (``nn.Sequential``,
+    ``nn.ModuleList``), whose children count by position, after all of them."""
     out: OrderedDict[str, nn.Module | None] = OrderedDict()
     pending = dict(blocks)
+    indexed = isinstance(owner, (nn.Sequential, nn.ModuleList))
     for name, child in owner._modules.items():
         if name in pending:
             continue  # a None placeholder (timm's `self.se = None`) is taken by the SE block
         out[name] = child
         for se_name, anchor in after.items():
-            if anchor == name and se_name in pending:
+            if anchor == name and se_name in pending and not indexed:
                 out[se_name] = pending.pop(se_name)
     out.update(pending)
     return out
-
-
-def _is_plain_sequential(module: nn.Module) -> bool:
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
-
-
-def _build_sequential(owner: nn.Module, mg: ModuleGraph, placements: list[Placement], plan: Plan) -> nn.Module:
-    """An ``nn.Sequential`` owner (VGG's ``features``) stays an ``nn.Sequential`` of its class: each SE
-    block is a child right after the one whose output it gates, so running the children in order is
-    the rewritten forward, and iteration, slicing and ``len`` behave as for a hand-written net."""
-    like = _reference_tensor(owner)
-    blocks = {p.name: _make_block(p, plan, owner, like) for p in placements}
-    nodes = {n.name: n for n in mg.graph.nodes}
-    after = {p.name: nodes[p.site.node].target for p in placements}
-    new = type(owner).__new__(type(owner))
-    new.__dict__.update(owner.__dict__)
-    new.__dict__["_modules"] = _children(owner, blocks, after)
-    for key in ("_parameters", "_buffers", "_non_persistent_buffers_set", "_forward_hooks", "_forward_pre_hooks",
-                "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
-                "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
-                "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):
-        if key in owner.__dict__:
-            new.__dict__[key] = copy.copy(owner.__dict__[key])
-    return new
-
-
-def _in_sequence(owner: nn.Module, mg: ModuleGraph, placements: list[Placement]) -> bool:
-    """Whether every block gates the output of a direct child of a plain ``nn.Sequential`` owner."""
-    if not _is_plain_sequential(owner):
-        return False
-    nodes = {n.name: n for n in mg.graph.nodes}
-    return all(not p.fused and nodes[p.site.node].op == "call_module" and "." not in nodes[p.site.node].target
-               for p in placements)
 
 
 def _build_owner(owner: nn.Module, mg: ModuleGraph, placements: list[Placement], plan: Plan,
                  constants: dict[str, torch.Tensor]) -> nn.Module:
     """The replacement of ``owner`` (the module at ``mg.path`` of the model being rewritten: the one
     planned, or a copy of it) running ``mg``'s graph with the planned blocks inserted."""
-    if _in_sequence(owner, mg, placements):
-        return _build_sequential(owner, mg, placements, plan)
     graph, nodes = _copy_graph(mg.graph)
     _restore_argument_names(graph, owner)
     like = _reference_tensor(owner)
@@ -216,6 +187,15 @@ def _build_owner(owner: nn.Module, mg: ModuleGraph, placements: list[Placement],
         _insert(graph, nodes, p, owner, blocks[p.name])
     graph.lint()
     return OwnerGraphModule.build(owner, graph, _children(owner, blocks, after), constants)
+
+
+def _build_gated(model: nn.Module, p: Placement, plan: Plan) -> nn.Module:
+    """The layer ``p.holder`` of the owner, running its SE block on its own output (:mod:`se_inject.holders`)."""
+    layer = model.get_submodule(p.module_path.rpartition(".")[0])
+    like = _reference_tensor(layer)
+    if like is None:  # a ReLU: the block takes the device and dtype of the owner's weights
+        like = _reference_tensor(model.get_submodule(p.site.path))
+    return gate_layer(layer, _make_block(p, plan, layer, like))
 
 
 def _structure(model: nn.Module) -> list[tuple[str, type]]:
@@ -236,10 +216,14 @@ def rewrite(model: nn.Module, plan: Plan, *, check: bool = True) -> nn.Module:
         raise TraceError("this plan was made for another model (or the model changed since); make the plan "
                          "from the model you rewrite")
     by_owner: dict[str, list[Placement]] = {}
+    held: dict[str, Placement] = {}
     for p in plan.placements:
-        by_owner.setdefault(p.site.path, []).append(p)
+        if p.holder:
+            held[p.module_path.rpartition(".")[0]] = p
+        else:
+            by_owner.setdefault(p.site.path, []).append(p)
     try:
-        built = {}
+        built = {path: _build_gated(model, p, plan) for path, p in held.items()}
         for path, ps in by_owner.items():
             constants = traced.graphs[path].constants
             if copied:  # a tensor fx made a constant belongs to one rewritten owner, not to two

@@ -44,6 +44,7 @@ from torch import nn
 from . import operators as ops
 from .block import SqueezeExcite
 from .codes import Code
+from .gated_layer import gates_own_output
 from .gates import GateIndex
 from .graph_facts import GraphFacts
 from .tracing import TracedModel, is_mode_dependent
@@ -195,6 +196,8 @@ class _Finder:
         layout, channels, spatial, why = self._layout(n, shape, channel_dim)
         if not_a_map:
             layout, spatial, why = None, (), not_a_map
+        held = self.o.submodule(n)
+        gated = gated or (held is not None and gates_own_output(held))  # a block inside the layer (holders)
         status, reason = (Code.ALREADY_GATED, Code.ALREADY_GATED.message) if gated else (Code.OK, "")
         if status is Code.OK and layout is None:
             status, reason = Code.UNSUPPORTED_LAYOUT, f"unsupported layout: {why}"

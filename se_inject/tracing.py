@@ -21,22 +21,24 @@ from __future__ import annotations
 import collections
 import contextlib
 import inspect
+import operator
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from ._torch_compat import drop_dotted_wraps, plain_codegen, pytree, qualified_name
+from ._torch_compat import FX_ASSERT_IS_NONE, drop_dotted_wraps, plain_codegen, pytree, qualified_name, traceable_assert
 from .errors import TraceError
 from .operators import is_learned
 from .shapes import (BACKENDS, Call, annotate_shapes, check_input_size, default_input_size, eval_mode,
                      expected_input, first_line, forward_shapes, model_device, record_calls, shapes_of)
 
-__all__ = ["ForwardError", "KeepDictClasses", "ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent", "clean_wrapped_calls",
-           "learned_paths", "Call", "default_input_size", "forward_shapes"]
+__all__ = ["ForwardError", "KeepDictClasses", "ModuleGraph", "TracedModel", "trace_model", "trace_module", "is_mode_dependent",
+           "clean_wrapped_calls", "learned_paths", "Call", "default_input_size", "forward_shapes", "assert_is_none"]
 
 
 class ForwardError(TraceError):
@@ -82,12 +84,32 @@ class TracedModel:
         yield from sorted((g for g in self.graphs.values() if g.ok), key=lambda g: g.call.order)
 
 
+def assert_is_none(value: Optional[Any], msg: str) -> None:
+    """A rewritten module's check that an argument fixed to ``None`` by the trace is still ``None``.
+
+    fx's own check (``torch.fx._symbolic_trace._assert_is_none``) annotates ``value: object``, which
+    TorchScript cannot compile: a rewritten module holding it would not script. This one compiles
+    for an argument of any ``Optional`` type, and raises as fx's does:
+
+        >>> assert_is_none(None, "mask has been specialized to have value None but got another value")
+        >>> torch.jit.script(assert_is_none)(torch.ones(1), "mask has been specialized")
+        Traceback (most recent call last):
+        ...
+        torch.jit.Error: The following operation failed in the TorchScript interpreter.
+        ...
+    """
+    if value is not None:
+        raise AssertionError(msg)
+
+
 def _autowrap_functions() -> tuple[Any, ...]:
+    """Functions a trace records as calls: timm's non-traceable ones and :func:`assert_is_none`
+    (a re-trace of a rewritten module keeps its check)."""
     try:
         from timm.layers import _fx as timm_fx
     except ImportError:  # timm is optional for plain torch models
-        return ()
-    return tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
+        return (assert_is_none,)
+    return (assert_is_none, *(f for f in timm_fx.get_notrace_functions() if callable(f)))
 
 
 #: dict classes fx writes into a graph as they are (any other dict subclass is rebuilt by a call of its class)
@@ -193,22 +215,93 @@ def trace_module(module: nn.Module, call: Call | None = None) -> tuple[fx.Graph,
     returned beside the graph (``ModuleGraph.constants``): tracing leaves no mark on the model.
     """
     before = set(vars(module))
+    concrete = _concrete_args(module, call)
     try:
         try:
             with _unwrapped_forward(module):
-                graph = _OneLevelTracer(module).trace(module, concrete_args=_concrete_args(module, call))
+                graph = _OneLevelTracer(module).trace(module, concrete_args=concrete)
         except Exception:  # the forward branches on a size: fix it to the traced value (fx asserts it)
             for k in set(vars(module)) - before:
                 del module.__dict__[k]
-            concrete = _concrete_args(module, call, keep_sizes=False)
-            if concrete == _concrete_args(module, call):
+            fixed = _concrete_args(module, call, keep_sizes=False)
+            if fixed == concrete:
                 raise
+            concrete = fixed
             with _unwrapped_forward(module):
                 graph = _OneLevelTracer(module).trace(module, concrete_args=concrete)
     finally:
         added = {k: module.__dict__.pop(k) for k in set(vars(module)) - before}
     plain_codegen(graph)  # an empty **kwargs made concrete: no pytree wrapper around a plain signature
-    return clean_wrapped_calls(graph), added
+    return _scriptable_specialisations(clean_wrapped_calls(graph), module, concrete or {}), added
+
+
+def _scriptable_specialisations(graph: fx.Graph, module: nn.Module, concrete: dict[str, Any]) -> fx.Graph:
+    """Make what fx adds for specialised arguments (``concrete``) readable by TorchScript, as the
+    original forward is: each ``_assert_is_none`` check becomes :func:`assert_is_none`; each
+    specialised argument gets back its annotation (fx drops it: TorchScript would read the argument as
+    a tensor), or the type of its fixed value (``bool``, ``int``, ``float``, ``str``) where it had none;
+    a list or tuple argument is one argument again (:func:`_unflattened_arguments`)."""
+    for n in graph.find_nodes(op="call_function", target=FX_ASSERT_IS_NONE):
+        n.target = assert_is_none
+    try:
+        hints = typing.get_type_hints(type(module).forward)
+    except Exception:  # an annotation that names something not importable here
+        hints = {}
+    graph = _unflattened_arguments(graph, module, hints)
+    for n in graph.find_nodes(op="placeholder"):
+        name = n.target.rsplit("_", 1)[0] if n.target.endswith("_1") else None
+        if name not in concrete or isinstance(concrete[name], (tuple, list, dict)):
+            continue  # not specialised, or a container of them (pytree arguments keep fx's codegen)
+        value = concrete[name]
+        if name in hints:
+            n.type = hints[name]
+        elif type(value) in (bool, int, float, str):
+            n.type = type(value)
+    return graph
+
+
+def _unflattened_arguments(graph: fx.Graph, module: nn.Module, hints: dict[str, Any]) -> fx.Graph:
+    """``graph`` with fx's pytree code generation undone where every pytree argument is a list or tuple
+    of leaves (VoVNet's ``concat_list``, a size tuple): fx then reads the argument as several inputs
+    through ``fx_pytree.tree_flatten_spec`` in the generated code, which TorchScript cannot compile. The
+    argument becomes one placeholder again (with its annotation) and each of its items a ``getitem``,
+    its length checked as fx checks a fixed value. ``graph`` is returned as it is otherwise."""
+    codegen = graph._codegen
+    info = getattr(codegen, "pytree_info", None)
+    if type(codegen) is fx.graph.CodeGen or info is None or info.in_spec.type is not tuple:
+        return graph
+    specs = info.in_spec.children()
+    if len(specs) != len(info.orig_args) or not specs or not specs[0].is_leaf():
+        return graph  # the first argument is the module itself (self)
+    if not all(s.is_leaf() or (s.type in (list, tuple) and all(c.is_leaf() for c in s.children())) for s in specs):
+        return graph  # nested containers, dicts, None items: left to fx's code generation
+    old = graph.find_nodes(op="placeholder")
+    if len(old) != sum(s.num_leaves for s in specs[1:]):
+        return graph
+    params = inspect.signature(type(module).forward).parameters
+    new = fx.Graph()
+    val_map: dict[fx.Node, fx.Node] = {}
+    leaves = iter(old)
+    for name, spec in zip(info.orig_args[1:], specs[1:]):
+        default = params[name].default if name in params else inspect.Parameter.empty
+        if spec.is_leaf():
+            leaf = next(leaves)
+            val_map[leaf] = new.placeholder(leaf.target, type_expr=leaf.type, default_value=leaf.args[0] if leaf.args
+                                            else inspect.Signature.empty)
+            continue
+        arg = new.placeholder(name, type_expr=hints.get(name), default_value=default)
+        count = len(spec.children())
+        length = new.call_function(len, (arg,))
+        length.meta["is_wrapped"] = True  # the code registers fx.wrap("len"): a re-trace records it, as here
+        same = new.call_function(operator.eq, (length, count))
+        why = f"{name} has been specialized to have {count} items but got another number"
+        new.call_function(traceable_assert, (same, why))
+        for i in range(count):
+            val_map[next(leaves)] = new.call_function(operator.getitem, (arg, i))
+    out = new.graph_copy(graph, val_map)
+    new.output(pytree.tree_unflatten(list(out) if isinstance(out, (list, tuple)) else [out], info.out_spec)
+               if info.out_spec is not None else out)
+    return new
 
 
 def clean_wrapped_calls(graph: fx.Graph) -> fx.Graph:

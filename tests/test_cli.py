@@ -41,6 +41,22 @@ def test_apply_saves_model_and_weights(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
+def test_apply_writes_a_folder_that_load_pretrained_reads(tmp_path, capsys):
+    import se_inject
+    out = tmp_path / "se_cifar_resnet8"
+    assert main(["apply", "cifar_resnet8", "--r", "4", "--input-size", "3", "32", "32", "-o", str(out)]) == 0
+    assert f"se_inject.load_pretrained('{out}')" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    model = se_inject.load_pretrained(out)
+    assert model.layer1[0].se.reduced == 4
+    assert main(["apply", "cifar_resnet8", "-o", str(tmp_path / "w.safetensors")]) == 0   # weights alone, as before
+    assert "note: weights only; -o" in capsys.readouterr().out
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    assert main(["apply", "cifar_resnet8", "-o", str(tmp_path / "taken")]) == 2
+    assert "exists and is not a folder save_pretrained wrote" in capsys.readouterr().err
+
+
 def test_apply_to_missing_directory_fails_before_work(tmp_path, capsys):
     assert main(["apply", "resnet18", "-o", str(tmp_path / "nope" / "m.pt")]) == 2
     assert "does not exist; create it or choose another -o" in capsys.readouterr().err

@@ -90,6 +90,51 @@ def test_bad_input_fails_before_any_run(tmp_path, change, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("launch,message", [
+    ("{stack: yes}", r"compare.yaml: key 'launch.stack': must be auto, off, or the most runs stacked in one group "
+                     r"\(an integer >= 1\), got True$"),
+    ("{stack: 0}", r"compare.yaml: key 'launch.stack': must be auto, off, .*, got 0$"),
+    ("{stack: some}", r"compare.yaml: key 'launch.stack': must be auto, off, .*, got 'some'$"),
+    ("{stack: 4, nproc_per_node: 2}", r"compare.yaml: launch.stack = 4 with launch.nproc_per_node = 2: a stacked group "
+                                      r"trains in one process; set launch.stack: off or launch.nproc_per_node: 1$"),
+    ("{stack: 2}\nset: {optim.opt: adamw}", r"compare.yaml: launch.stack = 2, but these runs cannot be stacked: optim.opt = "
+                                            r"adamw \(stacked runs train with SGD: sgd, nesterov, momentum\); set "
+                                            r"launch.stack: off \(or auto\)$"),
+])
+def test_launch_stack_bad_values_give_one_line(tmp_path, launch, message):
+    text = TINY.replace("launch: {parallel: 2}", f"launch: {launch}")
+    if "set: {" in launch:  # replaces the file's set: with one that has what cannot stack
+        text = text.split("set:")[0] + "backbones: [cifar_resnet8]" + text.split("backbones: [cifar_resnet8]")[1]
+    with pytest.raises(CompareError, match=message):
+        load_spec(write(tmp_path, text), tmp_path / "out")
+    assert "auto" in str(load_spec(write(tmp_path, TINY), tmp_path / "out").stack)  # the default
+
+
+@pytest.mark.parametrize("stack,gpu,groups", [
+    ("auto", False, []),                          # auto: no stacking on the CPU
+    ("off", True, []),
+    ("auto", True, [3, 3]),                       # the seeds of each variant
+    (2, True, [2, 1, 2, 1]),                      # at most 2 a group (3 seeds: 2 + 1, the 1 as a plain run)
+    (2, False, [2, 1, 2, 1]),                     # a number stacks on the CPU too
+])
+def test_the_seeds_of_a_variant_stack(tmp_path, stack, gpu, groups):
+    from trainers.compare.runner import launch_units
+    text = TINY.replace("seeds: [0]", "seeds: [0, 1, 2]").replace("launch: {parallel: 2}", f"launch: {{stack: {stack}}}")
+    spec = load_spec(write(tmp_path, text), tmp_path / "out")
+    units, note = launch_units(spec, list(spec.runs), gpu)
+    assert [len(u.runs) for u in units] == (groups or [1] * 6), note
+    for u in units:
+        assert len({(r.backbone, r.variant.name) for r in u.runs}) == 1
+    if groups:
+        assert "stacked group(s)" in note
+    # a run with a checkpoint further on than its seeds does not join them
+    (spec.runs[0].out_dir / "checkpoints" / "step-00000008").mkdir(parents=True)
+    units, _ = launch_units(spec, list(spec.runs), gpu)
+    unit_of = {r.key: u for u in units for r in u.runs}
+    assert len(unit_of[spec.runs[0].key].runs) == 1
+    assert len(unit_of[spec.runs[1].key].runs) == (2 if groups else 1)  # seeds 1 and 2 still together
+
+
 def test_ablation_expands_variants(tmp_path):
     spec = load_spec(write(tmp_path, TINY.replace("launch:", "ablation: {r: [4, 8, 16]}\nlaunch:")), tmp_path / "o")
     assert [v.name for v in spec.variants] == ["baseline", "se-r4", "se-r8", "se-r16"]
@@ -103,21 +148,25 @@ def test_examples_validate():
 
 
 def test_gpu_study_validates_and_lists_its_runs(tmp_path, capsys):
-    """examples/fashion_mnist_gpu.yaml: 4 backbones x 3 variants x 5 seeds on the GPU path, checked whole by --dry-run."""
+    """examples/fashion_mnist_gpu.yaml: 2 backbones x 3 variants x 5 seeds on the GPU path, checked whole by --dry-run;
+    on CUDA the 5 seeds of each variant are one stacked group."""
     out = tmp_path / "study"
     assert main(["compare", "--config", "examples/fashion_mnist_gpu.yaml", "--out", str(out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 61 and all(" new " in line for line in lines[:60])
-    assert lines[-1].startswith("60 runs; launch here: ")  # 12 at a time here: on the CPU, or on this machine's GPUs
+    runs = [line for line in lines if " new " in line]
+    assert len(runs) == 30 and lines[-1].startswith("30 runs; launch here: ")
     assert not out.exists()                                  # a dry run writes nothing
     spec = load_spec("examples/fashion_mnist_gpu.yaml")
-    assert spec.backbones == ("cifar_resnet20", "cifar_resnet56", "cifar_resnet110", "cifar_resnext29_4x16d")
+    assert spec.backbones == ("cifar_resnet20", "cifar_resnet56")
     assert [v.name for v in spec.variants] == ["baseline", "se-r16", "se-no-last-stage"] and spec.seeds == (0, 1, 2, 3, 4)
     from trainers.config import load_config
     cfg = load_config(spec.config, [*spec.overrides, *spec.runs[-1].overrides()])
     assert (cfg.data.on_device, cfg.run.cuda_graphs, cfg.run.amp) == (True, True, "bf16")
-    assert (cfg.run.epochs, cfg.sched.name, cfg.data.batch_size, cfg.optim.lr, cfg.data.aug.pad) == (60, "cosine", 128, 0.1, 4)
-    assert cfg.model.se.policy == "paper-no-last-stage" and spec.parallel == 12
+    assert (cfg.run.epochs, cfg.sched.name, cfg.data.batch_size, cfg.optim.lr, cfg.data.aug.pad) == (30, "cosine", 128, 0.1, 4)
+    assert cfg.model.se.policy == "paper-no-last-stage" and spec.parallel == 3 and spec.stack == "auto"
+    from trainers.compare.runner import launch_units
+    units, note = launch_units(spec, list(spec.runs), gpu=True)
+    assert [len(u.runs) for u in units] == [5] * 6 and note == "6 stacked group(s) of 5 runs"
 
 
 def test_report_says_per_backbone_whether_se_is_outside_seed_noise(tmp_path):

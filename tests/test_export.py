@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 import numpy as np
 import onnx
@@ -276,3 +277,25 @@ def test_cli_bad_path_is_one_line(tmp_path, capsys, cli_export_only):
     assert cli_export_only(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("se-inject export: ExportError: cannot write") and err.count("\n") == 1
+
+
+def _vgg_like() -> nn.Module:
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    return nn.Sequential(OrderedDict(features=features, head=nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 10))))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_vgg_like_blocks_inside_their_layers_export_by_module_path(tmp_path, monkeypatch, exporter):
+    """VGG's blocks run inside the ReLUs they gate (features.2.se): both exporters find them by that path."""
+    if exporter == "torchscript":
+        def off(*args, **kwargs):
+            raise RuntimeError("the dynamo exporter is off in this test")
+        monkeypatch.setitem(export_mod.EXPORTERS, "dynamo", off)
+    model = se_inject.apply(_vgg_like().eval(), input_size=(3, 16, 16), r=4)
+    report = export_onnx(model, tmp_path / "vgg.onnx", (3, 16, 16))
+    assert report.exporter == exporter and report.max_rel_diff <= 1e-4
+    assert report.se_blocks == ("features.2.se", "features.6.se")
+    blocks = se_nodes(tmp_path / "vgg.onnx")
+    assert set(blocks) == {"features.2.se", "features.6.se"} and all(is_se(ops) for ops in blocks.values())

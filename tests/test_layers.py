@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"se_inject": ("backbones", "trainers", "se_inject_cli"),
              "backbones": ("trainers", "se_inject_cli"),
              "trainers": ("se_inject_cli",)}
-#: deliberate exceptions: the deprecated entry point forwards to the command line, on demand
-ALLOWED = {("se_inject/cli.py", "se_inject_cli")}
+#: deliberate exceptions: the deprecated entry point forwards to the command line, on demand; a saved folder
+#: names its base by a backbone name (``timm:``, ``tv:``, the project's nets), which load_pretrained rebuilds
+#: through backbones' registry, imported on demand
+ALLOWED = {("se_inject/cli.py", "se_inject_cli"), ("se_inject/pretrained.py", "backbones")}
 
 
 def imported_packages(path: Path) -> set[str]:

@@ -47,7 +47,8 @@ def test_identity_tail_is_bypassed_not_lost(timm_model):
 def test_specialised_arguments_keep_their_names(timm_model):
     model = se_inject.apply(timm_model("dla34"))
     tree = model.level2.tree1
-    assert "def forward(self, x, shortcut" in tree.code and "children = None" in tree.code
+    assert "def forward(self, x, shortcut" in tree.code
+    assert "children : typing_Union[typing_List[torch.Tensor],NoneType] = None" in tree.code  # its annotation too
     x = torch.randn(1, 32, 56, 56)
     with torch.no_grad():
         tree(x, children=None)  # callers that pass the argument by name still work

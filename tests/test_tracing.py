@@ -1,8 +1,12 @@
 """se_inject.tracing: one-level traces, shape backends, untraceable modules."""
+import pickle
+from typing import List, Optional
+
 import pytest
 import torch
 from torch import nn
 
+import se_inject
 from se_inject import TraceError
 from se_inject.tracing import trace_model
 
@@ -156,3 +160,103 @@ def test_timm_models_with_shared_blocks_sizes_and_constants(timm_model, name):
     x = torch.randn(1, 3, 256, 256) if name != "coat_lite_tiny" else torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(se(x), m(x), atol=1e-5, rtol=0)
+
+
+class _Masked(nn.Module):
+    """A residual block with arguments its parent fixes: a ``None`` mask, a flag and a scale."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, flag: bool = True, scale=2.0):
+        y = self.bn(self.conv(x))
+        if mask is not None:
+            y = y * mask
+        if flag:
+            y = y * scale
+        return y + x
+
+
+class _MaskedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = _Masked()
+
+    def forward(self, x):
+        return self.block(self.stem(x), None, True, 2.0)
+
+
+def test_specialised_arguments_leave_nothing_torchscript_cannot_read():
+    """fx checks an argument fixed to None with ``_assert_is_none(value: object, ...)``, which
+    TorchScript cannot compile, and drops the argument's annotation: a rewritten owner holding them
+    would not script where the original does (timm's dla34)."""
+    import warnings
+    from se_inject._torch_compat import FX_ASSERT_IS_NONE
+    from se_inject.tracing import assert_is_none
+    net = _MaskedNet().eval()
+    model = se_inject.apply(net, input_size=(3, 8, 8))
+    graph = model.block.graph
+    assert not graph.find_nodes(op="call_function", target=FX_ASSERT_IS_NONE)
+    assert len(graph.find_nodes(op="call_function", target=assert_is_none)) == 1
+    types = {n.target: n.type for n in graph.find_nodes(op="placeholder")}
+    assert types["mask"] == Optional[torch.Tensor] and types["flag"] is bool and types["scale"] is float
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
+        scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+        for block in (model.block, scripted.block):       # the checks still run, eager and scripted
+            with pytest.raises(Exception, match="mask has been specialized"):
+                block(torch.randn(2, 8, 8, 8), torch.ones(1))
+            with pytest.raises(Exception, match="flag has been specialized"):
+                block(torch.randn(2, 8, 8, 8), None, False)
+    again = pickle.loads(pickle.dumps(model))             # unpickling re-traces the code: the check stays a call
+    assert len(again.block.graph.find_nodes(op="call_function", target=assert_is_none)) == 1
+    assert torch.equal(again(x), model(x))
+
+
+class _Appends(nn.Sequential):
+    """VoVNet's SequentialAppendList: a list argument the trace fixes to its length."""
+
+    def forward(self, x: torch.Tensor, feats: List[torch.Tensor]) -> torch.Tensor:
+        for module in self:
+            feats.append(module(feats[-1] if feats else x))
+        return torch.cat(feats, dim=1)
+
+
+class _AppendsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = _Appends(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.mid(x, [x])
+
+
+def test_a_list_argument_stays_one_argument_torchscript_reads():
+    """fx passes a list argument fixed to its length through pytree code (``fx_pytree.tree_flatten_spec``)
+    that TorchScript cannot compile: it is one annotated argument again, its items ``getitem``s."""
+    import warnings
+    net = _AppendsNet().eval()
+    model = se_inject.apply(net, input_size=(3, 8, 8), kinds=["concat"])
+    mid = model.mid
+    assert type(mid.graph._codegen) is torch.fx.graph.CodeGen and hasattr(mid, "se")
+    assert [(n.target, n.type) for n in mid.graph.find_nodes(op="placeholder")] == [
+        ("x", torch.Tensor), ("feats", List[torch.Tensor])]
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
+        scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+        assert torch.equal(pickle.loads(pickle.dumps(model))(x), model(x))
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), model(x))
+        for m in (mid, scripted.mid):
+            with pytest.raises(Exception, match="feats has been specialized to have 1 items"):
+                m(torch.randn(2, 8, 8, 8), [torch.randn(2, 8, 8, 8)] * 2)

@@ -58,3 +58,15 @@ def test_help_lists_the_options(capsys, cli_main):
         cli_main(["train", "--help"])
     text = capsys.readouterr().out
     assert "--config" in text and "--set" in text and "--resume" in text
+
+
+def test_from_trainers_import_train_calls_the_trainer_after_the_module_was_imported(monkeypatch):
+    """``trainers.train`` is a module too (``python -m trainers.train``); importing it rebinds the package's name."""
+    import importlib
+
+    import trainers
+    import trainers.trainer
+    importlib.import_module("trainers.train")
+    monkeypatch.setattr(trainers.trainer, "train", lambda cfg: ("trained", cfg))
+    from trainers import train
+    assert train("cfg") == ("trained", "cfg") == trainers.train("cfg")

@@ -8,7 +8,8 @@ import json
 import pytest
 import yaml
 
-from trainers import ConfigError, load_config, train
+from se_inject.errors import MissingExtraError
+from trainers import load_config, train
 from trainers.metrics import EMA_FIELDS, FIELDS, summary_table
 
 REQUIRED = {"train_loss", "val_loss", "top1_err", "top5_err", "lr", "img_per_s", "epoch_time_s", "peak_mem_mb"}
@@ -47,7 +48,8 @@ def test_tensorboard_scalars_or_a_one_line_hint_to_install_it(tmp_path):
                              "data.synthetic.size=[1,8,8]", "data.batch_size=16", "data.workers=0",
                              "model.name=cifar_resnet8"])
     if importlib.util.find_spec("tensorboard") is None:  # an optional extra: se-inject[tensorboard]
-        with pytest.raises(ConfigError, match="run.tensorboard needs the tensorboard package: pip install"):
+        with pytest.raises(MissingExtraError, match=r"run.tensorboard=true needs the tensorboard extra .*: "
+                                                    r"pip install 'se-inject\[tensorboard\]'"):
             train(cfg)
         assert not (tmp_path / "metrics.jsonl").exists()
     else:

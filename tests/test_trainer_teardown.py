@@ -25,6 +25,7 @@ ENDINGS = {
     "nonfinite": {"0": "3", "1": "3"},
     "preempt": {"0": "75", "1": "75"},
     "crash": {"1": "raised-RuntimeError"},  # rank 0 fails in its collective as rank 1 leaves: whatever gloo says
+    "resume-finished": {"0": "0", "1": "0"},  # --resume auto of a run that already ended: nothing left to train
 }
 
 
@@ -32,7 +33,12 @@ ENDINGS = {
 def test_every_ending_destroys_the_process_group_before_main_returns(tmp_path, how):
     record = tmp_path / "threads.txt"
     args = [str(record), how] + [a for s in _SETS + [f"run.out_dir={tmp_path / 'run'}"] for a in ("--set", s)]
-    run = Launched(torchrun(args, script=str(REPO / "tests" / "teardown_worker.py")), tmp_path / "log")
+    worker = str(REPO / "tests" / "teardown_worker.py")
+    if how == "resume-finished":
+        first = Launched(torchrun([str(tmp_path / "first.txt"), "end", *args[2:]], script=worker), tmp_path / "log0")
+        assert first.wait() == 0, first.output()[-3000:]
+        args += ["--resume", "auto"]
+    run = Launched(torchrun(args, script=worker), tmp_path / "log")
     run.wait()
     output = run.output()
     assert "terminate called" not in output, output[-3000:]

@@ -17,7 +17,7 @@ from .errors import CheckpointError, CheckpointWriteError, ConfigError, DataErro
 if TYPE_CHECKING:
     from .trainer import RunResult
 
-__all__ = ["TrainConfig", "load_config", "train", "ConfigError", "CheckpointError", "CheckpointWriteError", "DataError",
+__all__ = ["TrainConfig", "load_config", "train", "load_run_model", "ConfigError", "CheckpointError", "CheckpointWriteError", "DataError",
            "NonFiniteError", "Preempted", "ExitStatus"]
 
 
@@ -25,3 +25,9 @@ def train(cfg: TrainConfig) -> "RunResult":
     """Train as ``cfg`` says in this process (alone, or as one rank under torchrun); see :mod:`trainers.trainer`."""
     from .trainer import train as _train  # torch.distributed, timm and the loop load only now
     return _train(cfg)
+
+
+def load_run_model(run_dir, weights: str = "model.safetensors"):
+    """A finished run's trained model, in eval mode: :func:`trainers.run_model.load_run_model`."""
+    from .run_model import load_run_model as _load
+    return _load(run_dir, weights)

@@ -34,12 +34,18 @@ STATE_FORMAT = 1
 
 def log(d: DistInfo, message: str) -> None:
     if d.is_main:
-        print(message, flush=True)
+        print(_tagged(d, message), flush=True)
 
 
 def warn(d: DistInfo, message: str) -> None:
     if d.is_main:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        print(_tagged(d, f"warning: {message}"), file=sys.stderr, flush=True)
+
+
+def _tagged(d: DistInfo, message: str) -> str:
+    """``[tag] message`` for one run of a stacked group (:mod:`trainers.stack`: its ``d`` names the run), else as is."""
+    tag = getattr(d, "tag", "")
+    return f"[{tag}] {message}" if tag else message
 
 
 def elastic_restart() -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 __all__ = ["add_arguments", "main", "run_from_args"]
 
@@ -52,6 +53,10 @@ def _print_once(line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from se_inject.errors import SEInjectError
 
+    from .launch import DIE_WITH_PARENT, die_with_parent
+    if os.environ.get(DIE_WITH_PARENT) == "1":  # started by a search worker (each rank, under torchrun)
+        die_with_parent()
+
     parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
@@ -62,5 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class _CallableModule(type(sys)):
+    """``trainers.train`` names both this module (``python -m trainers.train``) and the function
+    ``trainers.train(cfg)``. Importing the module rebinds the package's attribute to the module, so a
+    later ``from trainers import train`` gets the module: it is callable, the same call as the function."""
+
+    def __call__(self, cfg: Any) -> Any:
+        from .trainer import train
+        return train(cfg)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _CallableModule

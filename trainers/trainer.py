@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from se_inject._extras import require
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_config
@@ -63,6 +66,9 @@ class RunResult:
 
 def train(cfg: TrainConfig) -> RunResult:
     """Train as ``cfg`` says, in this process (one rank of a torchrun job, or alone)."""
+    require("train", for_="trainers.train")
+    if cfg.run.tensorboard:
+        require("tensorboard", for_="run.tensorboard=true")
     d = setup_distributed(cfg.run.device)
     try:
         with PreemptionSignals() as signals:
@@ -86,6 +92,11 @@ class _Run(Checkpointing):
         self.saved_step: int | None = None  # the step of the last checkpoint this process saw written
 
     def _setup(self) -> None:
+        self._setup_run(self._setup_model())
+
+    def _setup_model(self, raw: Any = None) -> nn.Module:
+        """Seeds, the checkpoint to resume, the model and the data (``raw``: data sets already loaded, as
+        :func:`~trainers.data.load_datasets` returns them); nothing that holds the model's parameters yet."""
         cfg, d = self.cfg, self.d
         set_deterministic(cfg.run.deterministic)
         seed_everything(cfg.run.seed)  # the same on every rank: identical initial weights
@@ -95,12 +106,11 @@ class _Run(Checkpointing):
             raise CheckpointError(f"checkpoint {self.resume_from.path} was written by {n} ranks, this run has "
                                   f"{d.world_size}: resume with torchrun --nproc_per_node={n} (data order and RNG "
                                   "streams are per rank)")
-        if cfg.run.tensorboard:
-            try:
-                import torch.utils.tensorboard  # noqa: F401
-            except ImportError:
-                raise ConfigError("run.tensorboard needs the tensorboard package: pip install 'se-inject[tensorboard]'") from None
-        model = self._build_model_and_data()
+        return self._build_model_and_data(raw)
+
+    def _setup_run(self, model: nn.Module) -> None:
+        """Optimization (and the resumed state), run.yaml, the metrics files, the header, the RNG streams."""
+        cfg, d = self.cfg, self.d
         self._build_optimization(model)
         if d.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -120,10 +130,10 @@ class _Run(Checkpointing):
             # last, so nothing in setup draws from the restored streams
             restore_rng(self.resume_from.state["ranks"][d.rank]["rng"])
 
-    def _build_model_and_data(self) -> nn.Module:
+    def _build_model_and_data(self, raw: Any = None) -> nn.Module:
         """Data sets, the model (plain, then SE with the resolved input size), loaders; fills run.yaml's blanks."""
         cfg, d = self.cfg, self.d
-        raw = load_datasets(cfg)
+        raw = raw if raw is not None else load_datasets(cfg)
         model = build_backbone(cfg, raw.num_classes, raw.in_chans or cfg.model.in_chans or 3)
         rc = resolve_input(cfg, raw, model)
         model = add_se(cfg, model, tuple(rc["input_size"]))
@@ -251,14 +261,7 @@ class _Run(Checkpointing):
         last = p.epoch + 1 == cfg.run.epochs
         eval_start = time.perf_counter()
         if last or (p.epoch + 1) % cfg.run.eval_every == 0:
-            amp = _AMP[cfg.run.amp]
-            record.update(evaluate(self.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
-                                   cfg.data.limit_val_batches))
-            if self.ema is not None and cfg.ema.evaluate:
-                ema_metrics = evaluate(self.ema.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
-                                       cfg.data.limit_val_batches, prefix="ema_")
-                ema_metrics.pop("ema_val_images", None)
-                record.update(ema_metrics)
+            record.update(self._evaluate())
         eval_time = time.perf_counter() - eval_start
         record.update({
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -269,6 +272,19 @@ class _Run(Checkpointing):
             "skipped_steps": p.skipped_steps,
         })
         return record
+
+    def _evaluate(self) -> dict[str, Any]:
+        """Validation metrics of the model (and of the EMA weights) for the epoch record."""
+        cfg, d = self.cfg, self.d
+        amp = _AMP[cfg.run.amp]
+        metrics = evaluate(self.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
+                           cfg.data.limit_val_batches)
+        if self.ema is not None and cfg.ema.evaluate:
+            ema_metrics = evaluate(self.ema.module, self.data.val_loader, d.device, amp, cfg.run.channels_last,
+                                   cfg.data.limit_val_batches, prefix="ema_")
+            ema_metrics.pop("ema_val_images", None)
+            metrics.update(ema_metrics)
+        return metrics
 
     def _finish(self) -> RunResult:
         d = self.d
@@ -284,6 +300,7 @@ class _Run(Checkpointing):
         if error is not None:
             raise CheckpointWriteError(error)
         if d.is_main:
+            self._write_model_config()
             if self.metrics is not None:
                 self.metrics.close()
             print(summary_table(self.history), flush=True)
@@ -296,6 +313,20 @@ class _Run(Checkpointing):
         return RunResult(self.out, self.history, self.progress.num_updates,
                          self.resume_from.path if self.resume_from else None, self.module,
                          self.ema.module if self.ema is not None else None)
+
+    def _write_model_config(self) -> None:
+        """``config.json`` beside ``model.safetensors``: se_inject.load_pretrained(out_dir) rebuilds the net from it.
+        The weights are written already; a config that cannot be is a warning, not a failed run."""
+        from se_inject.errors import SEInjectError
+        from se_inject.pretrained import write_config
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a base without a name: load_pretrained says what to pass
+                write_config(self.module, self.out)
+        except (SEInjectError, OSError) as e:
+            (self.out / "config.json").unlink(missing_ok=True)  # an earlier run's would describe another net
+            warn(self.d, f"{self.out / 'config.json'} not written ({e}); se_inject.load_pretrained rebuilds the model "
+                         "from run.yaml instead")
 
 
 def _epoch_line(r: dict[str, Any]) -> str:

@@ -51,6 +51,7 @@ from torch import nn
 
 from ..block import SqueezeExcite
 from ..errors import CompressError
+from ..gated_layer import GATE_NAME, is_gated_layer, layer_of
 from ..operators import CAT_FUNCTIONS, NORM_ACTS, TRANSPARENT
 from .constant import ConstantScale
 from .stats import ExcitationStats
@@ -122,10 +123,15 @@ class FoldPlan:
 _THROUGH = object()   # the walk reached the input of the (sub)graph: continue at the caller
 
 
+def _layer_type(m: nn.Module) -> type:
+    """``m``'s class; for a layer that runs an SE block on its output (se_inject.holders), the layer's."""
+    return type(m)._se_inject_base if is_gated_layer(m) else type(m)
+
+
 def _absorbs(m: nn.Module) -> bool:
-    if type(m) in NORMS or _norm_act(m):
+    if _layer_type(m) in NORMS or _norm_act(m):
         return bool(getattr(m, "affine", True)) and m.weight is not None
-    return type(m) in LAYERS and not getattr(m, "transposed", False)
+    return _layer_type(m) in LAYERS and not getattr(m, "transposed", False)
 
 
 def _norm_act(m: nn.Module) -> bool:
@@ -152,6 +158,8 @@ class _Tracer(fx.Tracer):
 
 def _walk_module(path: str, m: nn.Module, channel_dim: int):
     """Segments absorbing the scale inside ``m``, _THROUGH, or a reason (str)."""
+    if is_gated_layer(m):  # its output is its SE block's, which a channel scale does not pass through
+        return f"{path} runs an SE block ({path}.{GATE_NAME}) on its output"
     if _absorbs(m):
         return [Segment(path, 0, _out_channels(m))]
     if _commutes(m):
@@ -213,6 +221,25 @@ def _producers(model: nn.Module, path: str, block: SqueezeExcite) -> list[Segmen
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     channel_dim = 1 if block.layout == "nchw" else -1
+    if is_gated_layer(parent) and parent._modules.get(name) is block:
+        # inside the layer it gates (a container's layer, se_inject.holders): the layer made the map,
+        # or it commutes with the scale (a ReLU) and the walk goes on before it
+        found = _walk_module(parent_path, layer_of(parent), channel_dim)
+        if found is _THROUGH:
+            found = _before(model, parent_path, channel_dim)
+    else:
+        found = _before(model, path, channel_dim)
+    if found is _THROUGH:
+        return "its input comes from outside its owner module"
+    if isinstance(found, list) and sum(s.channels for s in found) != block.channels:
+        return f"the layers before it make {sum(s.channels for s in found)} channels, it gates {block.channels}"
+    return found
+
+
+def _before(model: nn.Module, path: str, channel_dim: int):
+    """Segments absorbing the scale before the module at ``path`` in its parent, _THROUGH, or a reason."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
     if isinstance(parent, fx.GraphModule):
         calls = [n for n in parent.graph.nodes if n.op == "call_module" and n.target == name]
         if len(calls) != 1:
@@ -228,10 +255,6 @@ def _producers(model: nn.Module, path: str, block: SqueezeExcite) -> list[Segmen
                 break
     else:
         return f"its owner {type(parent).__name__} was not rewritten as a graph"
-    if found is _THROUGH:
-        return "its input comes from outside its owner module"
-    if isinstance(found, list) and sum(s.channels for s in found) != block.channels:
-        return f"the layers before it make {sum(s.channels for s in found)} channels, it gates {block.channels}"
     return found
 
 
@@ -264,7 +287,7 @@ def fold_plan(model: nn.Module, stats: ExcitationStats, tolerance: float) -> Fol
 @torch.no_grad()
 def _absorb(layer: nn.Module, scale: torch.Tensor) -> None:
     scale = scale.to(layer.weight)
-    if type(layer) in NORMS or _norm_act(layer):
+    if _layer_type(layer) in NORMS or _norm_act(layer):
         layer.weight.mul_(scale)
         layer.bias.mul_(scale) if layer.bias is not None else None
         return

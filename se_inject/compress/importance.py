@@ -30,9 +30,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
-from torch_pruning.pruner import function
+
+from .._extras import require
+
+require("prune", for_=__name__)
+import torch_pruning as tp  # noqa: E402
+from torch_pruning.pruner import function  # noqa: E402
 
 from ..block import SqueezeExcite
 from ..errors import CompressError

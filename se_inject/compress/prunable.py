@@ -30,8 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch_pruning as tp
 from torch import nn
+
+from .._extras import require
+
+require("prune", for_=__name__)
+import torch_pruning as tp  # noqa: E402
 
 from ..block import SqueezeExcite
 

@@ -27,8 +27,12 @@ import math
 from numbers import Real
 
 import torch
-import torch_pruning as tp
 from torch import nn
+
+from .._extras import require
+
+require("prune", for_="se_inject.prune")   # se_inject.prune loads this module on first use
+import torch_pruning as tp  # noqa: E402
 
 from ..accounting import count_macs
 from ..errors import CompressError, did_you_mean

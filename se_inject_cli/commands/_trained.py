@@ -22,12 +22,12 @@ def add_calibration_arguments(p: argparse.ArgumentParser, seed_help: str = "cali
 
 
 def load_run(path: str, weights: str = "model") -> tuple[Any, Any, Path]:
-    """``(config, model with the trained weights, run directory)``; a one-line error for anything else."""
-    from safetensors.torch import load_file
-
+    """``(config, model with the trained weights, run directory)``; a one-line error for anything else.
+    The model is the run's as :func:`trainers.load_run_model` rebuilds it: from the run's config.json,
+    the SE blocks where the trainer placed them."""
     from se_inject.errors import SEInjectError
     from trainers.config import load_config
-    from trainers.factory import build_model
+    from trainers.run_model import load_run_model
 
     run_dir = Path(path)
     if run_dir.suffix == ".safetensors":
@@ -37,12 +37,7 @@ def load_run(path: str, weights: str = "model") -> tuple[Any, Any, Path]:
     if not (run_dir / "run.yaml").exists() or not file.exists():
         raise SEInjectError(f"{path}: need run.yaml and {file.name} from a finished `se-inject train` run")
     cfg = load_config(str(run_dir / "run.yaml"), ["data.workers=0", "data.aug.re_prob=0"])
-    model = build_model(cfg, cfg.model.num_classes, tuple(cfg.data.input_size))
-    missing, unexpected = model.load_state_dict(load_file(str(file)), strict=False)
-    if missing or unexpected:
-        raise SEInjectError(f"{file}: weights do not fit the model of run.yaml "
-                            f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
-    return cfg, model.eval(), run_dir
+    return cfg, load_run_model(run_dir, weights=file.name), run_dir
 
 
 def calibration(cfg: Any, seed: int = 0) -> Any:

@@ -1,9 +1,11 @@
-"""``se-inject report DIR``: rebuild a comparison's report.md, results.csv and PNGs from its runs."""
+"""``se-inject report DIR``: rebuild a comparison's report.md, results.csv and PNGs from its runs, or a search's
+report from its study (a folder holding ``search.json``)."""
 from __future__ import annotations
 
 import argparse
 
-HELP = "rebuild a comparison's report (report.md, results.csv, curve PNGs) from its run directories"
+HELP = ("rebuild a comparison's report (report.md, results.csv, curve PNGs) from its run directories, or a search's "
+        "(report.md, trials.csv, pareto.csv/png, best/) from its study")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,6 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    if (Path(args.dir) / "search.json").exists():
+        from trainers.search.runner import rebuild_report
+        print(f"report: {rebuild_report(Path(args.dir))}")
+        return 0
     from trainers.compare import write_report
     print(f"report: {write_report(args.dir, title=args.title, latency=not args.no_latency)}")
     return 0

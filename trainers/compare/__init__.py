@@ -15,6 +15,8 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING, Any
 
+from se_inject._extras import require
+
 from .spec import CompareError, CompareSpec, load_spec
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ def __getattr__(name: str) -> Any:
 
 def run_comparison(path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, echo=print) -> Path:
     """Validate ``path``, train what is not finished, write the report; returns report.md's path."""
+    require("train", for_="trainers.compare.run_comparison")
     from .report import write_report
     from .runner import run_matrix
     spec = load_spec(path, out_dir)

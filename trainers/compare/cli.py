@@ -15,12 +15,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trainers.compare import load_spec, run_matrix, write_report
-    from trainers.compare.runner import RunState, launch_plan, status_of
+    from trainers.compare.runner import RunState, launch_plan, launch_units, status_of
     spec = load_spec(args.config, args.out)
     if args.dry_run:
         for r in spec.runs:
             print(f"{r.key:50s} {status_of(r.out_dir):12s} {r.out_dir}")
-        print(f"{len(spec.runs)} runs; launch here: {launch_plan(spec).describe()}")
+        plan = launch_plan(spec)
+        todo = [r for r in spec.runs if status_of(r.out_dir) is not RunState.DONE]
+        units, note = launch_units(spec, todo, plan.gpu)
+        for u in units:
+            if u.stacked:
+                print(f"stacked: {u.name}")
+        print(f"{len(spec.runs)} runs; launch here: {plan.describe()}; {note}")
         return 0
     statuses = run_matrix(spec)
     report = write_report(spec.out_dir, title=spec.name)

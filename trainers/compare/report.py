@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from se_inject._extras import require
+
 from .runner import ERROR, META, RunState, status_of
 
 __all__ = ["collect", "write_report", "RunRecord", "Difference"]
@@ -228,6 +230,7 @@ def _r_ablation(rows: list[dict[str, Any]], backbone: str) -> list[str]:
 
 def write_report(root: str | os.PathLike[str], *, title: str | None = None, latency: bool = True) -> Path:
     """Build ``report.md``, ``results.csv`` and ``curves_<backbone>.png`` in ``root``; returns report.md."""
+    require("train", for_="trainers.compare.write_report")   # the curves are matplotlib figures
     root = Path(root)
     records = collect(root)
     if not records:

@@ -11,7 +11,7 @@
       se-r16: {policy: paper, r: 16}
       se-no-last-stage: {policy: paper-no-last-stage}
     ablation: {r: [4, 8, 16, 32]}    # adds se-r4 ... se-r32 (policy paper unless given)
-    launch: {nproc_per_node: 1, parallel: 2}   # runs_per_gpu: N caps the runs sharing one GPU
+    launch: {nproc_per_node: 1, parallel: 2}   # runs_per_gpu: N caps the runs sharing one GPU; stack: auto|off|K
 
 Every run of seed ``k`` trains with ``run.seed=k``: all variants see the same data order, the same
 augmentation draws and the same schedule; only the model differs. Everything is validated before
@@ -32,6 +32,7 @@ from se_inject.schema import Number, from_dict
 from se_inject.yaml_io import format_override, read_yaml
 
 from ..config import SEConfig
+from ..stack.plan import STACK_HELP
 
 __all__ = ["CompareError", "CompareSpec", "CompareFile", "Run", "Variant", "load_spec"]
 
@@ -50,6 +51,15 @@ def _check_backbones(names: tuple[str, ...]) -> None:
         resolve_backbone(name)
 
 
+def _check_stack(value: Any) -> str | None:
+    from ..stack.plan import parse_stack
+    try:
+        parse_stack(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _not_empty(values: tuple[Any, ...]) -> str | None:
     return "an empty list runs nothing" if not values else None
 
@@ -63,6 +73,10 @@ class Launch:
     runs_per_gpu: int | None = field(default=None, metadata=_help(
         "GPU only: at most this many runs share a GPU (a group of nproc_per_node GPUs); null: as parallel asks.", min=1))
     threads: int | None = field(default=None, metadata=_help("Torch threads per process; null: the cores split.", min=1))
+    stack: Any = field(default="auto", metadata=_help(
+        "Train the seeds of a variant as one stacked model in one process (trainers.stack): auto (on CUDA, the "
+        "runs that can; off on the CPU, where a stacked step is no faster), off, or the most runs in one group "
+        "(also on the CPU); null: auto.", expected=STACK_HELP, check=_check_stack))
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,7 @@ class CompareSpec:
     threads: int | None = None
     runs_per_gpu: int | None = None
     device: str = "auto"                 # the runs' run.device: cpu keeps them off the GPUs
+    stack: str | int = "auto"            # launch.stack: "auto", "off" or the most runs in one stacked group
     runs: tuple[Run, ...] = field(default=(), compare=False)
 
     @property
@@ -180,13 +195,32 @@ def load_spec(path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | No
     root = Path(out_dir or spec.out_dir or Path("runs") / "compare" / Path(source).stem)
     runs = tuple(Run(b, v, s, root / b.replace(":", "_") / v.name / f"seed{s}")
                  for b in backbones for v in variants for s in seeds)
+    configs = []
     for run in runs:  # the complete trainer config of every run, before any starts
         try:
-            load_config(config, [*overrides, *run.overrides()])
+            configs.append(load_config(config, [*overrides, *run.overrides()]))
         except SEInjectError as e:
             raise CompareError(f"{source}: run {run.key}: {e}") from None
+    stack = _stack_setting(source, spec.launch, configs)
     return CompareSpec(name=spec.name or Path(source).stem, source=source, out_dir=root, config=config,
                        overrides=overrides, backbones=tuple(backbones), seeds=tuple(seeds), variants=tuple(variants),
                        nproc_per_node=spec.launch.nproc_per_node, parallel=spec.launch.parallel,
                        threads=spec.launch.threads, runs_per_gpu=spec.launch.runs_per_gpu, device=base.run.device,
-                       runs=runs)
+                       stack=stack, runs=runs)
+
+
+def _stack_setting(source: str, launch: Launch, configs: list[Any]) -> str | int:
+    """``launch.stack`` parsed; a group size the runs cannot take is refused here, in one line."""
+    from ..stack.plan import parse_stack, stack_blockers
+    stack = parse_stack("auto" if launch.stack is None else launch.stack)
+    if not isinstance(stack, int) or stack == 1:
+        return stack
+    if launch.nproc_per_node > 1:
+        raise CompareError(f"{source}: launch.stack = {stack} with launch.nproc_per_node = {launch.nproc_per_node}: a "
+                           "stacked group trains in one process; set launch.stack: off or launch.nproc_per_node: 1")
+    for cfg in configs:
+        blockers = stack_blockers(cfg)
+        if blockers:
+            raise CompareError(f"{source}: launch.stack = {stack}, but these runs cannot be stacked: {blockers[0]}; "
+                               "set launch.stack: off (or auto)")
+    return stack

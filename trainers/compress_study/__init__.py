@@ -21,6 +21,8 @@ import multiprocessing
 import time
 from pathlib import Path
 
+from se_inject._extras import require
+
 from .spec import StudySpec, load_spec
 
 __all__ = ["run_study", "load_spec", "StudySpec"]
@@ -28,6 +30,8 @@ __all__ = ["run_study", "load_spec", "StudySpec"]
 
 def run_study(spec: StudySpec, echo=print) -> list[dict]:
     """Run every job not done yet (``spec.parallel`` at a time), then the latency rounds; returns the results."""
+    require("prune", for_="trainers.compress_study")
+    require("train", for_="trainers.compress_study")
     from .jobs import plan_jobs, result_path
     root = Path(spec.out_dir)
     root.mkdir(parents=True, exist_ok=True)

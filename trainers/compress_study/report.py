@@ -19,6 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from se_inject._extras import require
+
 from .spec import StudySpec
 
 __all__ = ["write_report", "verdict", "collect"]
@@ -59,6 +61,7 @@ def _pm(xs: list[float]) -> str:
 def write_report(spec: StudySpec, dest: Path | None = None, command: str | None = None) -> Path:
     """``<dest>.md``, ``<dest>_results.csv``, ``<dest>_macs.png``, ``<dest>_latency.png`` (default: out_dir/report);
     ``command`` (the line that ran the study) is quoted at the top."""
+    require("train", for_="trainers.compress_study.write_report")   # the figures are matplotlib's
     root = Path(spec.out_dir)
     dest = Path(dest) if dest is not None else root / "report"
     dest.parent.mkdir(parents=True, exist_ok=True)
