@@ -1,4 +1,5 @@
 # Two commands: `make demo` and `make test`. Both create .venv once and reuse it.
+# `make docs`: the documentation site (mkdocs.yml, docs/) into site/, warnings as errors.
 # `make compat TORCH=2.11.0`: the engine's tests on another torch (benchmarks/compat.py).
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ DEMO_OUT ?= runs/demo
 
 CONSTRAINTS := constraints/dev.txt
 
-.PHONY: demo test venv data postgres clean compat compat-usage
+.PHONY: demo test docs venv data postgres clean compat compat-usage
 
 venv: $(STAMP)
 
@@ -41,6 +42,11 @@ $(POSTGRES):
 test: $(STAMP) $(FASHION_MNIST) $(POSTGRES)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
+# --strict: a warning (a broken link, a page missing from the nav, a docstring mkdocstrings cannot read)
+# fails the build. tests/test_docs_pages.py builds it too and runs every code block of the pages.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 # A separate venv per torch (.compat/torch-<version>, kept), the wheel installed into it, the engine's
 # tests run, a row appended to benchmarks/results/compat.md. COMPAT_ARGS=--lowest also pins the other
 # core dependencies at their declared lower bounds.
@@ -54,4 +60,4 @@ demo: $(STAMP) $(FASHION_MNIST)
 	$(PY) examples/demo.py --out $(DEMO_OUT)
 
 clean:
-	rm -rf runs build *.egg-info
+	rm -rf runs build site *.egg-info

@@ -44,7 +44,7 @@ def test_the_extras_table_is_pyprojects():
         assert sorted(modules) == sorted(_dist_module(r) for r in extras[name]), name
     (everything,) = extras["all"]
     assert set(re.fullmatch(r"se-inject\[(.+)\]", everything).group(1).split(",")) == set(EXTRAS)
-    assert "se-inject[all]" in extras["dev"]
+    assert "se-inject[all,docs]" in extras["dev"]   # make docs and the docs tests run in the dev venv
 
 
 def test_the_core_needs_no_extra():
@@ -179,7 +179,7 @@ def test_a_command_names_its_missing_extra_in_one_line(command, monkeypatch, cap
 
 def test_the_installed_command_prints_one_line_and_exits_2(tmp_path):
     """The real entry point in a fresh process, none of the onnx extra installed: no traceback on
-    stderr, and the line is the one the README quotes."""
+    stderr, and the line is the one the README and the install page quote."""
     code = ("import sys\nfor m in ('onnx', 'onnxruntime', 'onnxscript'): sys.modules[m] = None\n"
             "from se_inject_cli import main; sys.exit(main())")
     out = subprocess.run([sys.executable, "-c", code, "export", "resnet18", "-o", str(tmp_path / "m.onnx")],
@@ -189,3 +189,4 @@ def test_the_installed_command_prints_one_line_and_exits_2(tmp_path):
             "onnxscript not installed): pip install 'se-inject[onnx]'")
     assert out.stderr == line + "\n"
     assert line in (ROOT / "README.md").read_text()
+    assert line in (ROOT / "docs" / "install.md").read_text()
