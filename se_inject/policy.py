@@ -234,7 +234,7 @@ def load_policy(spec: "Policy | str | os.PathLike[str] | Mapping[str, Any] | Non
 
 
 def policy_reference() -> str:
-    """The Markdown table of policy keys (README's reference is generated from this).
+    """The Markdown table of policy keys (docs/policy.md's reference is generated from this).
 
         >>> print(policy_reference().splitlines()[4])
         | `r` | `16` | a finite number > 0 | Reduction ratio: the excitation bottleneck is C/r wide (paper §3.2, §6.3). |

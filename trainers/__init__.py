@@ -5,7 +5,7 @@
     >>> result = train(cfg)                                      # doctest: +SKIP
 
 From the shell: ``python -m trainers.train``, ``torchrun --nproc_per_node=N -m trainers.train`` or
-``se-inject train``. See the README's Training and Reliability sections.
+``se-inject train``. See docs/training.md and docs/reliability.md.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
 
 The defaults train a CIFAR-style ResNet-20 on Fashion-MNIST (the embedded default data set); the
 recipes in ``trainers/recipes/`` (``senet-paper``, ``fashion-mnist``) are YAML files of the same keys,
-and ``--config senet-paper`` finds them by name. The README's *Config reference* is generated from
+and ``--config senet-paper`` finds them by name. The *Config reference* of docs/training.md is generated from
 this file (:func:`config_reference`); the checks are :mod:`se_inject.schema`'s, the one validator.
 """
 from __future__ import annotations

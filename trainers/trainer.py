@@ -8,7 +8,7 @@
 Launch it with ``python -m trainers.train`` (1 process), ``torchrun --nproc_per_node=N -m trainers.train``
 (N ranks) or ``se-inject train``; all three read the same config.
 
-What a cluster does to a run, and what the run does about it (the README's Reliability section):
+What a cluster does to a run, and what the run does about it (docs/reliability.md):
 
 - torchrun restarts the worker group after a rank dies (``--max-restarts``): the restarted ranks
   resume by themselves from where their launch left off

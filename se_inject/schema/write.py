@@ -1,5 +1,5 @@
 """Writing a dataclass tree back out: plain mappings (what a YAML file of it holds) and the Markdown
-reference tables the README carries (generated, so the docs cannot drift from the fields).
+reference tables the docs carry (docs/policy.md, docs/training.md: generated, so they cannot drift from the fields).
 """
 from __future__ import annotations
 

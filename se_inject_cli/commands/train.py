@@ -1,4 +1,4 @@
-"""``se-inject train``: train a backbone (plain or SE) from a config; see the README's Training section.
+"""``se-inject train``: train a backbone (plain or SE) from a config; see docs/training.md.
 
     $ se-inject train --config run.yaml --set optim.lr=0.1 --resume auto
 """
