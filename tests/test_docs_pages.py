@@ -108,3 +108,38 @@ def test_a_link_to_a_missing_repository_file_fails_the_build(tmp_path):
     assert "docs/index.md: link '../benchmarks/results/nope.md' names benchmarks/results/nope.md, which does not exist" \
         in out.stderr
     assert "'../results.md'" not in out.stderr                                   # the good link is not reported
+
+
+def _loader(block: str):
+    """The loader that reads a YAML block of the docs, recognised by its keys (None: not a file of ours)."""
+    import yaml
+
+    keys = set(yaml.safe_load(block) or {})
+    if {"space", "objectives"} & keys:
+        from trainers.search.spec import load_search
+        return load_search
+    if {"variants", "backbones"} & keys:
+        from trainers.compare.spec import load_spec
+        return load_spec
+    if {"model", "data", "optim", "run"} & keys:
+        from trainers.config import load_config
+        return load_config
+    if {"base", "r", "r_per_stage", "kinds", "exclude"} & keys:
+        from se_inject import load_policy
+        return load_policy
+    return None
+
+
+_YAML = [(page, i, block) for page in PAGES for i, block in enumerate(_blocks(page, "yaml"), 1)]
+
+
+@pytest.mark.parametrize("page,i,block", _YAML, ids=[f"{_name(p)}:{i}" for p, i, _ in _YAML])
+def test_yaml_blocks_are_valid_files(page, i, block, tmp_path, monkeypatch):
+    """Every YAML example (a policy, a trainer config, a compare spec, a search) loads through the same
+    validator its command uses: a renamed key in the code fails here, not in a reader's terminal."""
+    load = _loader(block)
+    assert load is not None, f"{_name(page)}, yaml block {i}: not a policy, trainer config, compare spec or search"
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "block.yaml"
+    path.write_text(block)
+    load(str(path))
