@@ -24,3 +24,17 @@ def timm_model():
 def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    """``benchmarks/zoo.py`` as a module (the zoo harness the zoo tests drive)."""
+    import importlib
+    import sys
+    from pathlib import Path
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        yield importlib.import_module("zoo")
+    finally:
+        sys.path.remove(bench)

@@ -1,22 +1,8 @@
 """benchmarks/zoo.py: what a full run exports (the original only where the rewritten model fails, to say
 whose failure it is), and which models a sweep takes up (resume, export upgrades, --redo)."""
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("zoo")
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 @pytest.fixture

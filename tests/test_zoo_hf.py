@@ -2,15 +2,11 @@
 small configs and input sizes, through the same harness as the whole sweep (plan, apply, forward and
 backward, output shapes, SE gradients, ONNX export and onnxruntime parity)."""
 import dataclasses
-import importlib
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers", reason="the hf extra: pip install 'se-inject[hf]'")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 #: small configs of the sample's types (the sweep builds the default ones)
 SMALL = {
@@ -21,15 +17,6 @@ SMALL = {
     "vit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
                 patch_size=8),                                                                # tokens: nlc, off by default
 }
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("zoo")
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["train_command", "run_training", "Finished", "reason", "out_of_memory", "die_with_parent", "LOG",
-           "DIE_WITH_PARENT"]
+           "DIE_WITH_PARENT", "command_main"]
 
 LOG = "train.log"
 #: set in a training's environment: each of its processes dies with its parent (a search worker killed with
@@ -161,3 +161,20 @@ def run_training(cmd: Sequence[str], out_dir: Path, env: dict[str, str] | None =
             raise
     lines = (out_dir / LOG).read_text(errors="replace").strip().splitlines()[-200:]
     return Finished(proc.returncode, time.perf_counter() - start, lines, stopped)
+
+
+def command_main(prog: str, description: str, add_arguments: Callable[[Any], None], run: Callable[[Any], int],
+                 argv: Sequence[str] | None = None) -> int:
+    """``python -m trainers.compare`` / ``trainers.search``: parse ``argv``, ``run`` it, and turn one of our
+    errors into its one line on stderr and exit status 2 (as ``se-inject`` does)."""
+    import argparse
+
+    from se_inject.errors import SEInjectError
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except SEInjectError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2

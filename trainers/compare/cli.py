@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 HELP = "train a matrix of variants (baseline, SE r, placements) x seeds and write report.md / results.csv / PNGs"
 
@@ -36,12 +35,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from se_inject.errors import SEInjectError
-    p = argparse.ArgumentParser(prog="python -m trainers.compare", description=HELP)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except SEInjectError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    from ..launch import command_main
+    return command_main("python -m trainers.compare", HELP, add_arguments, run, argv)

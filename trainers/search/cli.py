@@ -47,12 +47,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from se_inject.errors import SEInjectError
-    p = argparse.ArgumentParser(prog="python -m trainers.search", description=HELP)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except SEInjectError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    from ..launch import command_main
+    return command_main("python -m trainers.search", HELP, add_arguments, run, argv)
