@@ -40,7 +40,7 @@ $(POSTGRES):
 
 # Two workers (CI has 2 cores); whole files per worker, so a file's module fixtures run once.
 test: $(STAMP) $(FASHION_MNIST) $(POSTGRES)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 # --strict: a warning (a broken link, a page missing from the nav, a docstring mkdocstrings cannot read)
 # fails the build. tests/test_docs_pages.py builds it too and runs every code block of the pages.

@@ -95,7 +95,7 @@ def test_torchscript_scripts_wherever_the_original_does(applied, source, name, s
 #: are gated already, nothing is inserted)
 SCRIPTS = ["dla34", "vovnet39a", "resnet18",
            *(pytest.param(n, marks=pytest.mark.slow) for n in
-             ["vgg11_bn", "dla46_c", "xception41", "regnetx_002", "densenet121", "dpn48b", "cspresnet50", "repvgg_a0"])]
+             ["vgg11_bn", "xception41", "densenet121", "cspresnet50"])]   # holders in a Sequential / a branch, dense, CSP
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
