@@ -44,7 +44,8 @@ TORCHVISION = {"2.8": "0.23", "2.9": "0.24", "2.10": "0.25", "2.11": "0.26", "2.
 
 #: the engine's tests: private torch names, plan/apply and the timm twins, rewrite, tracing, export.
 TESTS = ["test_torch_compat.py", "test_api.py", "test_ecosystem.py", "test_planner.py", "test_rewrite.py",
-         "test_tracing.py", "test_block.py", "test_export.py", "test_torchvision.py"]
+         "test_tracing.py", "test_block.py", "test_export.py", "test_torchvision.py", "test_sites.py", "test_gates.py",
+         "test_holders.py", "test_pretrained.py"]
 
 HEADER = """# Supported torch range: the engine's tests on each torch, from the built wheel
 
