@@ -145,6 +145,12 @@ def _timm_origin(model: nn.Module) -> Origin | None:
         kwargs = {k: v for k, v in getattr(model, "_model_args", {}).items() if "drop" not in k}
         if isinstance(getattr(model, "num_classes", None), int):
             kwargs["num_classes"] = model.num_classes
+        first = cfg.get("first_conv")  # older timm: the input channels from the stem the config names
+        if "in_chans" not in kwargs and isinstance(first, str):
+            try:
+                kwargs["in_chans"] = int(model.get_submodule(first).in_channels)
+            except (AttributeError, TypeError):
+                pass
     return Origin("timm", cfg["architecture"], dict(kwargs), _class_name(model))
 
 

@@ -1,6 +1,7 @@
 """se_inject.save_pretrained / load_pretrained: one folder in, the same net out, bit for bit; bad input in one line."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -42,7 +43,9 @@ def _round_trip(model, tmp_path, size, **save):
     ("cifar_resnet20", {"num_classes": 10, "in_chans": 1}, (1, 28, 28)),  # the project's own
     ("timm:vgg11_bn", {"num_classes": 10}, (3, 32, 32)),  # blocks inside the Sequential's layers (features.2.se)
     ("timm:xception41", {"num_classes": 10}, (3, 96, 96)),  # blocks inside the branch's last layer (holder stack.conv3)
-    ("hf:resnet", {"num_labels": 10, "depths": [1, 1, 1, 1]}, (3, 64, 64)),  # transformers, config arguments
+    pytest.param("hf:resnet", {"num_labels": 10, "depths": [1, 1, 1, 1]}, (3, 64, 64),  # transformers, config arguments
+                 marks=pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                          reason="the hf extra (transformers) is not installed")),
 ])
 def test_round_trip_by_name_is_bit_for_bit(tmp_path, name, kwargs, size):
     model = se_inject.apply(create_backbone(name, **kwargs), input_size=size)
@@ -113,6 +116,7 @@ def test_planner_changes_cannot_change_a_loaded_net(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_trainer_run_loads_as_trained(tmp_path):
     """A tiny real Fashion-MNIST run of an SE net: its run directory loads into the trained model."""
+    pytest.importorskip("matplotlib", reason="the train extra is not installed")
     from trainers import load_config, train
     out = tmp_path / "run"
     result = train(load_config("fashion-mnist", [
