@@ -47,7 +47,7 @@ be traced; ``GlobalContext`` gates by an add by default).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -89,6 +89,16 @@ def _is_builtin_layer(m: nn.Module) -> bool:
         return False
     return (type(m).__module__.startswith("torch.nn") or ops.is_act(m) or ops.is_norm(m) or ops.is_norm_act(m)
             or ops.is_transparent(m) or ops.is_conv(m) or ops.GATE_ACTS(m) or ops.POOLS(m))
+
+
+def _memo(cache: dict[int, bool], module: nn.Module, read: Callable[[], bool]) -> bool:
+    """``cache[id(module)]``, read once. While it is being read it is False: a module reached again
+    through its own children (a recursive question) adds nothing new."""
+    key = id(module)
+    if key not in cache:
+        cache[key] = False
+        cache[key] = read()
+    return cache[key]
 
 
 class GateIndex:
@@ -185,49 +195,44 @@ class GateIndex:
 
     def holds(self, module: nn.Module, caller: fx.Node | None = None) -> bool:
         """``module`` or a module under it gates channels (by its graph, or by class: the fallback)."""
-        key = id(module)
-        if key not in self._holds:
-            self._holds[key] = False  # a module reached again while it is being read holds nothing new
+        def read() -> bool:
             mg = self.graph(module, caller)
             callers = {n.target: n for n in mg.graph.nodes if n.op == "call_module"} if mg is not None else {}
-            self._holds[key] = (ops.is_gate(module) or bool(self.gates_of(module, caller))
-                                or any(self.holds(c, callers.get(name)) for name, c in module.named_children()))
-        return self._holds[key]
+            return (ops.is_gate(module) or bool(self.gates_of(module, caller))
+                    or any(self.holds(c, callers.get(name)) for name, c in module.named_children()))
+        return _memo(self._holds, module, read)
 
     def gates_input(self, module: nn.Module, caller: fx.Node | None = None) -> bool:
         """``module`` gates the map it is given before anything else (an SE module; CBAM, its channel
         half first): a site whose output goes straight into it is already gated."""
-        key = id(module)
-        if key not in self._gates_input:
-            self._gates_input[key] = False
-            result = ops.is_gate(module)
-            mg = self.graph(module, caller) if not result else None
-            if mg is not None:
-                found = self.in_graph(mg)
-                result = any(g.on_input for g in found.gates)
-                if not result:  # its input goes first into a child that gates it
-                    inputs = [n for n in mg.graph.nodes if n.op == "placeholder"][:1]
-                    users = [u for i in inputs for u in i.users if not is_shape_query(u)]
-                    if len(users) == 1 and users[0].op == "call_module":
-                        child = mg.module.get_submodule(users[0].target)
-                        result = self.gates_input(child, users[0])
-            self._gates_input[key] = result
-        return self._gates_input[key]
+        def read() -> bool:
+            if ops.is_gate(module):
+                return True
+            mg = self.graph(module, caller)
+            if mg is None:
+                return False
+            if any(g.on_input for g in self.in_graph(mg).gates):
+                return True
+            # its input goes first into a child that gates it
+            inputs = [n for n in mg.graph.nodes if n.op == "placeholder"][:1]
+            users = [u for i in inputs for u in i.users if not is_shape_query(u)]
+            return (len(users) == 1 and users[0].op == "call_module"
+                    and self.gates_input(mg.module.get_submodule(users[0].target), users[0]))
+        return _memo(self._gates_input, module, read)
 
     def outputs_gate(self, module: nn.Module, caller: fx.Node | None = None) -> bool:
         """``module`` returns a gate's output (an SE's excitation without the product: SK's attention,
         transformers' ``attention`` Sequential ending in a Sigmoid)."""
         if ops.GATE_ACTS(module):
             return True
-        key = id(module)
-        if key not in self._outputs_gate:
-            self._outputs_gate[key] = False
+        def read() -> bool:
             mg = self.graph(module, caller)
-            if mg is not None:
-                out = next((n for n in mg.graph.nodes if n.op == "output"), None)
-                start = out.args[0] if out is not None and out.args else None
-                self._outputs_gate[key] = isinstance(start, fx.Node) and GraphReader(self, mg).factor_chain(start)[1] is not None
-        return self._outputs_gate[key]
+            if mg is None:
+                return False
+            out = next((n for n in mg.graph.nodes if n.op == "output"), None)
+            start = out.args[0] if out is not None and out.args else None
+            return isinstance(start, fx.Node) and GraphReader(self, mg).factor_chain(start)[1] is not None
+        return _memo(self._outputs_gate, module, read)
 
     def pools(self, module: nn.Module, caller: fx.Node | None = None) -> bool:
         """``module`` pools (a pooling layer, or a graph with a pooling in it: a child that squeezes)."""
@@ -235,14 +240,13 @@ class GateIndex:
             return True
         if ops.is_learned(module) and not any(True for _ in module.children()):
             return False
-        key = id(module)
-        if key not in self._pools:
-            self._pools[key] = False
+        def read() -> bool:
             mg = self.graph(module, caller)
-            if mg is not None:
-                reader = GraphReader(self, mg)
-                self._pools[key] = any(reader.is_pool(n) for n in mg.graph.nodes)
-        return self._pools[key]
+            if mg is None:
+                return False
+            reader = GraphReader(self, mg)
+            return any(reader.is_pool(n) for n in mg.graph.nodes)
+        return _memo(self._pools, module, read)
 
     # ---- across an owner's boundary: its caller's graph
     def caller(self, path: str) -> tuple[ModuleGraph, fx.Node] | None:
