@@ -107,12 +107,10 @@ def _placement(traced: TracedModel, b: BlockRecord) -> Placement:
         raise PretrainedError(f"{where}: node {b.node!r} of {b.owner} ({owner}) gives a {shape} tensor, the record says "
                               f"{b.channels} channels ({b.layout}, {b.spatial_dims} spatial dims)")
     try:
-        parent = mg.module.get_submodule(b.holder) if b.holder else mg.module
+        parent = mg.module.get_submodule(b.holder)  # "" is the owner itself
     except AttributeError:
-        parent = None
-    if parent is None:
         raise PretrainedError(f"{where}: {b.owner} ({owner}) has no layer {b.holder!r} to hold it: the base model is not "
-                              "the one saved")
+                              "the one saved") from None
     taken = parent._modules.get(b.name) is not None or b.name in parent._parameters or \
         parent.__dict__.get(b.name) is not None
     if taken:

@@ -217,6 +217,19 @@ def test_a_recorded_site_the_base_does_not_have(small, tmp_path):
     _one_line(e, "recorded SE block layer1.0.se", "no graph node 'bn9'")
 
 
+def test_a_recorded_holder_the_base_does_not_have(tmp_path):
+    model = se_inject.apply(create_backbone("timm:vgg11_bn", num_classes=10), input_size=(3, 32, 32))
+    folder = se_inject.save_pretrained(model, tmp_path / "saved")
+    config = json.loads((folder / "config.json").read_text())
+    block = config["applications"][0]["blocks"][0]
+    assert (block["holder"], block["module_path"]) == ("2", "features.2.se")
+    block["holder"], block["module_path"] = "99", "features.99.se"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PretrainedError) as e:
+        se_inject.load_pretrained(folder)
+    _one_line(e, "recorded SE block features.99.se", "features (Sequential) has no layer '99' to hold it")
+
+
 class Residual(nn.Module):
     def __init__(self):
         super().__init__()
