@@ -127,8 +127,8 @@ def test_forward_intermediates_agrees_with_forward(timm_model, name):
     assert [t.shape for t in taps] == [t.shape for t in plain_taps]
 
 
-class _TapBlock(nn.Module):
-    """A residual block with a second forward path that runs the branch's layers one by one."""
+class _PlainBlock(nn.Module):
+    """A residual block: its branch is one Sequential."""
 
     def __init__(self, c: int = 16):
         super().__init__()
@@ -136,21 +136,14 @@ class _TapBlock(nn.Module):
 
     def forward(self, x):
         return self.stack(x) + x
+
+
+class _TapBlock(_PlainBlock):
+    """The same block with a second forward path that runs the branch's layers one by one."""
 
     def forward_with_tap(self, x):
         tap = self.stack[0](x)
         return self.stack[2](self.stack[1](tap)) + x, tap
-
-
-class _PlainBlock(nn.Module):
-    """The same block without a second forward path."""
-
-    def __init__(self, c: int = 16):
-        super().__init__()
-        self.stack = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
-
-    def forward(self, x):
-        return self.stack(x) + x
 
 
 class _Twice(nn.Module):

@@ -179,6 +179,13 @@ class _Masked(nn.Module):
         return y + x
 
 
+def _script(model: nn.Module) -> torch.jit.ScriptModule:
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
+        return torch.jit.script(model)
+
+
 class _MaskedNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -193,7 +200,6 @@ def test_specialised_arguments_leave_nothing_torchscript_cannot_read():
     """fx checks an argument fixed to None with ``_assert_is_none(value: object, ...)``, which
     TorchScript cannot compile, and drops the argument's annotation: a rewritten owner holding them
     would not script where the original does (timm's dla34)."""
-    import warnings
     from se_inject._torch_compat import FX_ASSERT_IS_NONE
     from se_inject.tracing import assert_is_none
     net = _MaskedNet().eval()
@@ -204,9 +210,7 @@ def test_specialised_arguments_leave_nothing_torchscript_cannot_read():
     types = {n.target: n.type for n in graph.find_nodes(op="placeholder")}
     assert types["mask"] == Optional[torch.Tensor] and types["flag"] is bool and types["scale"] is float
     x = torch.randn(2, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
-        scripted = torch.jit.script(model)
+    scripted = _script(model)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
         for block in (model.block, scripted.block):       # the checks still run, eager and scripted
@@ -242,7 +246,6 @@ class _AppendsNet(nn.Module):
 def test_a_list_argument_stays_one_argument_torchscript_reads():
     """fx passes a list argument fixed to its length through pytree code (``fx_pytree.tree_flatten_spec``)
     that TorchScript cannot compile: it is one annotated argument again, its items ``getitem``s."""
-    import warnings
     net = _AppendsNet().eval()
     model = se_inject.apply(net, input_size=(3, 8, 8), kinds=["concat"])
     mid = model.mid
@@ -250,9 +253,7 @@ def test_a_list_argument_stays_one_argument_torchscript_reads():
     assert [(n.target, n.type) for n in mid.graph.find_nodes(op="placeholder")] == [
         ("x", torch.Tensor), ("feats", List[torch.Tensor])]
     x = torch.randn(2, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
-        scripted = torch.jit.script(model)
+    scripted = _script(model)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
         assert torch.equal(pickle.loads(pickle.dumps(model))(x), model(x))
